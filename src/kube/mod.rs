@@ -231,8 +231,8 @@ impl Client {
         Ok((status, body))
     }
 
-    /// A call whose 2xx body is returned and anything else becomes a typed error.
-    pub(crate) fn call_ok(
+    /// A call whose 2xx body is returned and anything else becomes a typed error. `body` is JSON.
+    pub fn request(
         &self,
         method: &str,
         path: &str,
@@ -253,7 +253,7 @@ impl Client {
             #[serde(rename = "gitVersion")]
             git_version: String,
         }
-        let body = self.call_ok("GET", "/version", None)?;
+        let body = self.request("GET", "/version", None)?;
         let v: Version = serde_json::from_slice(&body).map_err(|e| KubeError::BadResponse {
             what: "GET /version".into(),
             detail: e.to_string(),
@@ -263,7 +263,7 @@ impl Client {
 
     /// `GET /readyz` with our token: used by the health endpoints.
     pub fn ready(&self) -> Result<(), KubeError> {
-        self.call_ok("GET", "/readyz", None).map(|_| ())
+        self.request("GET", "/readyz", None).map(|_| ())
     }
 }
 

@@ -136,7 +136,7 @@ fn decode(what: &str, bytes: &[u8]) -> Result<Secret, KubeError> {
 impl Client {
     pub fn get_secret(&self, namespace: &str, name: &str) -> Result<Secret, KubeError> {
         let path = object_path(namespace, name);
-        let body = self.call_ok("GET", &path, None)?;
+        let body = self.request("GET", &path, None)?;
         decode(&format!("GET {path}"), &body)
     }
 
@@ -145,7 +145,7 @@ impl Client {
         let path = collection_path(&secret.namespace);
         let mut s = secret.clone();
         s.resource_version.clear();
-        let body = self.call_ok("POST", &path, Some(&s.to_json()))?;
+        let body = self.request("POST", &path, Some(&s.to_json()))?;
         decode(&format!("POST {path}"), &body)
     }
 
@@ -153,14 +153,14 @@ impl Client {
     /// either fails or replaces, as the caller chooses.
     pub fn update_secret(&self, secret: &Secret, on_conflict: OnConflict) -> Result<Secret, KubeError> {
         let path = object_path(&secret.namespace, &secret.name);
-        match self.call_ok("PUT", &path, Some(&secret.to_json())) {
+        match self.request("PUT", &path, Some(&secret.to_json())) {
             Ok(body) => decode(&format!("PUT {path}"), &body),
             Err(KubeError::Conflict { .. }) if on_conflict == OnConflict::Replace => {
                 let current = self.get_secret(&secret.namespace, &secret.name)?;
                 let mut merged = secret.clone();
                 merged.resource_version = current.resource_version;
                 merged.other_metadata = current.other_metadata;
-                let body = self.call_ok("PUT", &path, Some(&merged.to_json()))?;
+                let body = self.request("PUT", &path, Some(&merged.to_json()))?;
                 decode(&format!("PUT {path}"), &body)
             }
             Err(e) => Err(e),
@@ -168,7 +168,7 @@ impl Client {
     }
 
     pub fn delete_secret(&self, namespace: &str, name: &str) -> Result<(), KubeError> {
-        self.call_ok("DELETE", &object_path(namespace, name), None).map(|_| ())
+        self.request("DELETE", &object_path(namespace, name), None).map(|_| ())
     }
 }
 

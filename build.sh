@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The one entry point for building, testing and trying the connector.
+#   ./build.sh              release static (musl) binaries into dist/<arch>/, sizes printed
+#   ./build.sh test         fmt check, clippy, and every test (including the real kube-apiserver ones)
+#   ./build.sh kube-env DIR start the real control plane on loopback (foreground, until killed)
+#   ./build.sh image        the scratch image (both architectures) as an OCI archive in dist/
+#   ./build.sh bench        benchmarks (proxy and agent launcher), release builds
+#   ./build.sh demo         the whole flow on this machine: control plane, SSM stand-in, all three parts
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+ROOT="$PWD"
+BINS=(eks-connector-init eks-connector-proxy eks-connector-agent eks-connector)
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
+
+# Installs Debian packages for the commands given as "command:package" when missing.
+need_commands() {
+    local missing=()
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
+        say "installing ${missing[*]}"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+            || die "could not install ${missing[*]} with apt-get; install them and retry"
+    else
+        die "missing: ${missing[*]} (install these packages and retry)"
+    fi
+}
+
+need_rust() {
+    command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup (https://rustup.rs)"
+}
+
+need_target() {
+    local target="$1"
+    if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+        say "adding Rust target $target"
+        rustup target add "$target" || die "rustup cannot add $target here; install it and retry"
+    fi
+}
+
+build_release() {
+    need_rust
+    need_target x86_64-unknown-linux-musl
+    say "building static x86_64 binaries"
+    cargo build --release --locked --target x86_64-unknown-linux-musl --bins
+    mkdir -p dist/x86_64
+    for b in "${BINS[@]}"; do
+        src="target/x86_64-unknown-linux-musl/release/$b"
+        [[ -f "$src" ]] || continue
+        cp "$src" "dist/x86_64/$b"
+    done
+    if [[ -x scripts/cross.sh ]]; then
+        scripts/cross.sh
+    fi
+    say "binaries (stripped, static):"
+    for f in dist/*/*; do
+        [[ -f "$f" ]] || continue
+        printf '  %-40s %9d bytes  %s\n' "$f" "$(stat -c %s "$f")" "$(file -b "$f" 2>/dev/null | cut -d, -f1-2 || true)"
+    done
+}
+
+run_tests() {
+    need_rust
+    need_commands go:golang-go openssl:openssl curl:curl setpriv:util-linux flock:util-linux python3:python3
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+    say "cargo fmt --check"
+    cargo fmt --all -- --check
+    say "cargo clippy --all-targets -- -D warnings"
+    cargo clippy --locked --all-targets -- -D warnings
+    say "building the test control plane (cached after the first run)"
+    local t0=$SECONDS
+    tests/kube-env/build-bins.sh >/dev/null
+    say "control plane binaries ready in $((SECONDS - t0))s"
+    say "cargo test"
+    cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
+}
+
+case "${1:-release}" in
+    release|build) build_release ;;
+    test) run_tests ;;
+    kube-env)
+        [[ $# -ge 2 ]] || die "usage: ./build.sh kube-env DIR"
+        need_commands go:golang-go openssl:openssl curl:curl setpriv:util-linux flock:util-linux
+        exec tests/kube-env/start.sh "$2"
+        ;;
+    image) [[ -x scripts/image.sh ]] || die "scripts/image.sh is missing"; exec scripts/image.sh "${@:2}" ;;
+    demo) [[ -x scripts/demo.sh ]] || die "scripts/demo.sh is missing"; exec scripts/demo.sh "${@:2}" ;;
+    bench) [[ -x bench/run.sh ]] || die "bench/run.sh is missing"; exec bench/run.sh "${@:2}" ;;
+    -h|--help|help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) die "unknown command $1 (try ./build.sh --help)" ;;
+esac
