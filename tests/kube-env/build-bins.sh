@@ -42,8 +42,8 @@ LDFLAGS="-s -w"
 for pkg in "$V" "$CV"; do
     LDFLAGS+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 done
-export GOFLAGS="${GOFLAGS:-} -mod=mod -buildvcs=false"
-if ! go build -trimpath -ldflags "$LDFLAGS" -o "$TMP/" \
+export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+if ! go build -ldflags "$LDFLAGS" -o "$TMP/" \
         k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./etcd >&2; then
     echo "build-bins: go build failed (see above); the Go module proxy must be reachable for the first build" >&2
     exit 1
