@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The scratch image for x86_64 and arm64 as one manifest list, written as an OCI archive to dist/.
+#
+#   scripts/image.sh                 # cross-build (scripts/cross.sh), then both images + archive
+#   scripts/image.sh --no-build      # use the binaries already in dist/x86_64 and dist/aarch64
+#   scripts/image.sh --name NAME     # image name (default localhost/eks-connector)
+#
+# With a docker daemon that answers: `docker buildx build` for both platforms straight into the
+# archive. Otherwise buildah, daemonless as root: `buildah --storage-driver vfs bud`, one image per
+# architecture (NAME:VERSION-amd64, NAME:VERSION-arm64, kept in buildah's storage for
+# `buildah from`/`buildah run`), a manifest list NAME:VERSION over both, pushed with --all to
+#   dist/eks-connector-VERSION.oci.tar
+# Prints each architecture's uncompressed size (layers without compression, plus config) against
+# the 5 MiB budget, and writes it to dist/image-size.txt.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+build=1
+name=localhost/eks-connector
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --no-build) build=0 ;;
+        --name) name="${2:?--name needs a value}"; shift ;;
+        --name=*) name="${1#--name=}" ;;
+        -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument $1 (try scripts/image.sh --help)" ;;
+    esac
+    shift
+done
+
+need_cmd python3 python3
+
+version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
+[ -n "$version" ] || die "cannot read the version from Cargo.toml"
+archive="dist/eks-connector-$version.oci.tar"
+budget=$((5 * 1024 * 1024))
+
+[ "$build" = 0 ] || "$ROOT/scripts/cross.sh" x86_64 aarch64
+
+# The build context: Dockerfile.scratch and one directory per OCI architecture.
+ctx="dist/image-context"
+rm -rf "$ctx"
+mkdir -p "$ctx"
+cp Dockerfile.scratch "$ctx/Dockerfile"
+for arch in x86_64 aarch64; do
+    oarch="$(oci_arch_of "$arch")"
+    mkdir -p "$ctx/$oarch"
+    for b in $BINARIES; do
+        [ -x "dist/$arch/$b" ] || die "dist/$arch/$b is missing: run scripts/cross.sh first (or drop --no-build)"
+        cp "dist/$arch/$b" "$ctx/$oarch/$b"
+    done
+done
+
+# Uncompressed size of an image in an OCI layout directory: its layers and config as stored
+# without compression (what the budget counts).
+oci_size() {
+    python3 - "$1" <<'PY'
+import json, os, sys
+d = sys.argv[1]
+def blob(digest):
+    algo, hexd = digest.split(":", 1)
+    return os.path.join(d, "blobs", algo, hexd)
+index = json.load(open(os.path.join(d, "index.json")))
+m = json.load(open(blob(index["manifests"][0]["digest"])))
+print(sum(os.path.getsize(blob(x["digest"])) for x in m["layers"] + [m["config"]]))
+PY
+}
+
+report_size() {
+    local oarch="$1" size="$2"
+    local verdict="within"
+    [ "$size" -le "$budget" ] || verdict="OVER"
+    awk -v a="$oarch" -v s="$size" -v v="$verdict" \
+        'BEGIN { printf "%s %d bytes (%.2f MiB) uncompressed, %s the 5 MiB budget\n", a, s, s / 1048576, v }' |
+        tee -a dist/image-size.txt >&2
+}
+
+docker_works() { command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1; }
+
+: > dist/image-size.txt
+rm -f "$archive"
+if docker_works; then
+    say "docker daemon answers: docker buildx build --platform linux/amd64,linux/arm64"
+    docker buildx version >/dev/null 2>&1 || die "docker buildx is needed for a multi-platform build"
+    docker buildx build --platform linux/amd64,linux/arm64 -f "$ctx/Dockerfile" \
+        -t "$name:$version" --output "type=oci,dest=$archive" "$ctx" >&2 ||
+        die "docker buildx build failed (a multi-platform OCI export needs the docker-container driver: docker buildx create --use)"
+    for arch in x86_64 aarch64; do
+        oarch="$(oci_arch_of "$arch")"
+        tmp="$(mktemp -d)"
+        docker buildx build --platform "linux/$oarch" -f "$ctx/Dockerfile" \
+            --output "type=oci,dest=$tmp/img.tar,compression=uncompressed" "$ctx" >/dev/null 2>&1 &&
+            mkdir "$tmp/oci" && tar -xf "$tmp/img.tar" -C "$tmp/oci" &&
+            report_size "$oarch" "$(oci_size "$tmp/oci")"
+        rm -rf "$tmp"
+    done
+else
+    need_cmd buildah buildah
+    [ "$(id -u)" = 0 ] || die "buildah without a docker daemon needs root here (vfs storage, chroot isolation)"
+    bh() { buildah --storage-driver vfs "$@"; }
+    # A manifest list of the same name from an earlier run would collect stale entries.
+    bh manifest rm "$name:$version" >/dev/null 2>&1 || true
+    bh rmi "$name:$version" >/dev/null 2>&1 || true
+    bh manifest create "$name:$version" >/dev/null || die "buildah manifest create $name:$version failed"
+    for arch in x86_64 aarch64; do
+        oarch="$(oci_arch_of "$arch")"
+        say "buildah --storage-driver vfs bud --platform linux/$oarch -t $name:$version-$oarch"
+        bh bud --isolation chroot --platform "linux/$oarch" --build-arg "TARGETARCH=$oarch" \
+            --format oci --layers=false -f "$ctx/Dockerfile" -t "$name:$version-$oarch" "$ctx" >&2 ||
+            die "buildah bud for linux/$oarch failed"
+        bh manifest add "$name:$version" "containers-storage:$name:$version-$oarch" >/dev/null ||
+            die "buildah manifest add $oarch failed"
+        tmp="$(mktemp -d)"
+        bh push --quiet --disable-compression "$name:$version-$oarch" "oci:$tmp/oci" >/dev/null ||
+            die "buildah push to measure $oarch failed"
+        report_size "$oarch" "$(oci_size "$tmp/oci")"
+        rm -rf "$tmp"
+    done
+    say "buildah manifest push --all -> $archive"
+    bh manifest push --all --quiet "$name:$version" "oci-archive:$archive:$name:$version" >&2 ||
+        die "buildah manifest push to $archive failed"
+fi
+[ -s "$archive" ] || die "$archive was not written"
+say "wrote $archive ($(stat -c %s "$archive") bytes, both architectures)"
+if grep -q OVER dist/image-size.txt; then
+    say "WARNING: over the 5 MiB budget (see dist/image-size.txt)"
+fi
