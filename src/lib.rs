@@ -12,6 +12,7 @@ pub mod health;
 pub mod kube;
 pub mod random;
 pub mod signals;
+pub mod ssm;
 pub mod state;
 pub mod tls;
 pub mod watched_file;
