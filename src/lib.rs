@@ -9,6 +9,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod health;
+pub mod init;
 pub mod kube;
 pub mod random;
 pub mod signals;
