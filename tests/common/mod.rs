@@ -25,12 +25,16 @@ pub struct Cluster {
     bin_dir: PathBuf,
 }
 
-static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The control plane, started on first call.
+/// The control plane, started on first call. If it cannot start, every test fails with the reason.
 pub fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(start)
+    match CLUSTER.get_or_init(start) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 pub fn repo_root() -> PathBuf {
@@ -52,7 +56,7 @@ fn sweep_stale_dirs(base: &Path) {
     }
 }
 
-fn start() -> Cluster {
+fn start() -> Result<Cluster, String> {
     let base = std::env::temp_dir();
     sweep_stale_dirs(&base);
     let nanos = std::time::SystemTime::now()
@@ -105,17 +109,17 @@ fn start() -> Cluster {
             .unwrap();
     }
     if let Err(e) = rx.recv().unwrap() {
-        panic!("cannot run tests/kube-env/start.sh with bash: {e}");
+        return Err(format!("cannot run tests/kube-env/start.sh with bash: {e}"));
     }
     // The first run on a machine builds kube-apiserver from source: allow for it.
     let deadline = Instant::now() + Duration::from_secs(40 * 60);
     while !dir.join("ready").exists() {
         if exited.load(Ordering::SeqCst) || Instant::now() > deadline {
             let log = std::fs::read_to_string(dir.join("start.log")).unwrap_or_default();
-            panic!(
+            return Err(format!(
                 "the test control plane did not start (Go toolchain and module proxy are needed \
                  for the first build; see tests/kube-env/start.sh). Its log:\n{log}"
-            );
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -133,13 +137,13 @@ fn start() -> Cluster {
         .unwrap()
         .trim(),
     );
-    Cluster {
+    Ok(Cluster {
         dir,
         server_url,
         endpoint,
         admin,
         bin_dir,
-    }
+    })
 }
 
 /// The body of a 2xx answer as JSON.

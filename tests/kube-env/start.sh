@@ -71,7 +71,7 @@ setpriv --pdeathsig KILL "$BIN/kube-apiserver" \
     --authorization-mode RBAC \
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24 \
+    --service-cluster-ip-range 10.0.0.0/24 --endpoint-reconciler-type none \
     --enable-priority-and-fairness=false --profiling=false \
     >"$DIR/kube-apiserver.log" 2>&1 &
 pids+=($!)
