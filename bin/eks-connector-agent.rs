@@ -1,1 +1,140 @@
-fn main() {}
+//! `eks-connector-agent [flags] [-- AGENT_COMMAND…]`: PID 1 of the SSM agent's container. Starts
+//! the agent, forwards signals, reaps, and keeps the state Secret in step with the Vault.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use eks_connector::cli::{self, Flags, Start, EXIT_USAGE};
+use eks_connector::kube::DEFAULT_SERVICEACCOUNT_DIR;
+use eks_connector::launcher::{self, Config, DEFAULT_AGENT_COMMAND, EXIT_CONFIG, EXIT_INTERNAL};
+use eks_connector::state::{secret_name, AGENT_VAULT_DIR};
+
+const PROGRAM: &str = "eks-connector-agent";
+
+const FLAGS: &[(&str, &str)] = &[
+    (
+        "--state.baseDir DIR",
+        "the SSM agent's Vault (default /var/lib/amazon/ssm/Vault)",
+    ),
+    (
+        "--state.secretNamePrefix PREFIX",
+        "state Secret name prefix (default eks-connector-state)",
+    ),
+    (
+        "--state.secretNamespace NS",
+        "state Secret namespace (default eks-connector)",
+    ),
+    (
+        "--serviceaccount.dir DIR",
+        "service-account token and CA (default the in-pod path)",
+    ),
+    (
+        "--health.addr ADDR",
+        "serve /healthz and /readyz on ADDR, e.g. :8081 (default off)",
+    ),
+    (
+        "-- AGENT_COMMAND...",
+        "the agent to run (default /usr/bin/amazon-ssm-agent)",
+    ),
+];
+
+fn usage_exit(e: cli::UsageError) -> ! {
+    eprintln!("{PROGRAM}: {e}");
+    std::process::exit(EXIT_USAGE);
+}
+
+fn main() {
+    // First, before any thread exists: every thread inherits the blocked mask.
+    let blocked = match launcher::block_signals() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{PROGRAM}: cannot block signals: {e}");
+            std::process::exit(EXIT_INTERNAL);
+        }
+    };
+    // Split at the first `--` ourselves, so that the agent's own flags (`--version`, …) are
+    // never taken for ours.
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let command: Option<Vec<String>> = args.iter().position(|a| a == "--").map(|i| {
+        let rest = args.split_off(i);
+        rest[1..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    });
+    let about = "Runs the SSM agent as PID 1 of its container and keeps the state Secret in step \
+                 with the agent's Vault (key rotation).";
+    let mut flags = match Flags::new(PROGRAM, about, FLAGS, args) {
+        Start::Run(f) => f,
+        Start::Print(s) => {
+            println!("{s}");
+            return;
+        }
+    };
+    let base_dir = flags
+        .string("--state.baseDir")
+        .unwrap_or_else(|e| usage_exit(e));
+    let prefix = flags
+        .string("--state.secretNamePrefix")
+        .unwrap_or_else(|e| usage_exit(e));
+    let namespace = flags
+        .string("--state.secretNamespace")
+        .unwrap_or_else(|e| usage_exit(e));
+    let sa_dir = flags
+        .string("--serviceaccount.dir")
+        .unwrap_or_else(|e| usage_exit(e));
+    let health_addr = flags
+        .string("--health.addr")
+        .unwrap_or_else(|e| usage_exit(e));
+    let rest = flags.finish().unwrap_or_else(|e| usage_exit(e));
+    if !rest.is_empty() {
+        usage_exit(cli::UsageError {
+            message: format!(
+                "unexpected argument {:?}; put the agent command after --",
+                rest[0]
+            ),
+            usage: format!("{PROGRAM} [flags] [-- AGENT_COMMAND...]"),
+        });
+    }
+    let command = match command {
+        Some(c) if !c.is_empty() => c,
+        Some(_) => usage_exit(cli::UsageError {
+            message: "nothing after --; give the agent command or leave out --".into(),
+            usage: format!("{PROGRAM} [flags] [-- AGENT_COMMAND...]"),
+        }),
+        None => vec![DEFAULT_AGENT_COMMAND.to_string()],
+    };
+    cli::init_logging();
+    let ordinal = match cli::ordinal_from_pod_name(std::env::var("POD_NAME").ok().as_deref()) {
+        Ok(o) => o,
+        Err(e) => {
+            log::error!("{e}; the SSM agent was not started");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    let prefix = prefix.unwrap_or_else(|| "eks-connector-state".into());
+    let config = Config {
+        base_dir: PathBuf::from(base_dir.unwrap_or_else(|| AGENT_VAULT_DIR.into())),
+        namespace: namespace.unwrap_or_else(|| "eks-connector".into()),
+        secret_name: secret_name(&prefix, &ordinal),
+        serviceaccount_dir: PathBuf::from(
+            sa_dir.unwrap_or_else(|| DEFAULT_SERVICEACCOUNT_DIR.into()),
+        ),
+        health_addr: health_addr.map(|a| {
+            if a.starts_with(':') {
+                format!("0.0.0.0{a}")
+            } else {
+                a
+            }
+        }),
+        command,
+        endpoint: None,
+    };
+    match launcher::run(config, &blocked) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            log::error!("{e}");
+            std::process::exit(e.exit_code());
+        }
+    }
+}

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod health;
 pub mod init;
 pub mod kube;
+pub mod launcher;
 pub mod random;
 pub mod signals;
 pub mod ssm;

@@ -1,0 +1,180 @@
+//! `eks-connector-agent`: runs as PID 1 of the SSM agent's container, starts the agent, and keeps
+//! the state Secret in step with the agent's Vault.
+//!
+//! - [`pid1`]: start the agent, forward signals, reap every descendant, exit with its status.
+//! - [`sync`]: copy every settled, complete change of the Vault (a key rotation) into the state
+//!   Secret, retrying until it succeeds.
+//!
+//! [`run`] ties them together: check that the init container left a complete registration,
+//! start the sync (which compares the Vault with the Secret at once), the optional health
+//! endpoint, then the agent; when the agent exits, stop what it left behind, give the sync a last
+//! chance to save a late rotation, and return the agent's exit code.
+
+pub mod pid1;
+pub mod sync;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::kube::{Client, Endpoint, KubeError, ServiceAccountDir};
+use crate::signals::Blocked;
+
+pub use pid1::block_signals;
+
+/// The SSM agent in its own image.
+pub const DEFAULT_AGENT_COMMAND: &str = "/usr/bin/amazon-ssm-agent";
+
+/// Exit codes of the launcher itself (otherwise it exits with the agent's code).
+pub const EXIT_NOT_INITIALISED: i32 = 3;
+pub const EXIT_CONFIG: i32 = 4;
+pub const EXIT_INTERNAL: i32 = 1;
+/// As shells do: the command could not be executed / was not found.
+pub const EXIT_CANNOT_EXEC: i32 = 126;
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// How long processes the agent left behind get between SIGTERM and SIGKILL.
+const DESCENDANT_GRACE: Duration = Duration::from_secs(2);
+/// How long, after the agent exits, a pending Secret update may still be tried. Well within
+/// Kubernetes' default 30 s termination grace period.
+const FINAL_SYNC: Duration = Duration::from_secs(5);
+
+/// Everything `run` needs; built by the thin main from flags and the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The Vault directory (`--state.baseDir`).
+    pub base_dir: PathBuf,
+    pub namespace: String,
+    pub secret_name: String,
+    pub serviceaccount_dir: PathBuf,
+    /// `--health.addr`: serve `/healthz` and `/readyz` there.
+    pub health_addr: Option<String>,
+    /// The agent and its arguments.
+    pub command: Vec<String>,
+    /// The API server; `None`: from `KUBERNETES_SERVICE_HOST`/`_PORT`.
+    pub endpoint: Option<Endpoint>,
+}
+
+#[derive(Debug)]
+pub enum LauncherError {
+    /// The Vault holds no complete registration: the init container did not run or failed.
+    NotInitialised(crate::state::VaultError),
+    /// The Kubernetes client cannot be configured (environment, token, CA).
+    Kube(KubeError),
+    /// The health address cannot be bound.
+    Health {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// The agent could not be started.
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    /// Signal handling or thread creation failed.
+    Internal(String),
+}
+
+impl LauncherError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LauncherError::NotInitialised(_) => EXIT_NOT_INITIALISED,
+            LauncherError::Kube(_) | LauncherError::Health { .. } => EXIT_CONFIG,
+            LauncherError::Spawn { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+                _ => EXIT_CANNOT_EXEC,
+            },
+            LauncherError::Internal(_) => EXIT_INTERNAL,
+        }
+    }
+}
+
+impl fmt::Display for LauncherError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LauncherError::NotInitialised(e @ crate::state::VaultError::Io { .. }) => {
+                write!(f, "{e}; the SSM agent was not started")
+            }
+            LauncherError::NotInitialised(e) => write!(
+                f,
+                "{e}: the init container (eks-connector-init) did not run or did not complete; \
+                 the SSM agent was not started (check the init container's log)"
+            ),
+            LauncherError::Kube(e) => {
+                write!(f, "Kubernetes client: {e}; the SSM agent was not started")
+            }
+            LauncherError::Health { addr, source } => {
+                write!(
+                    f,
+                    "cannot serve health checks on --health.addr={addr}: {source}"
+                )
+            }
+            LauncherError::Spawn { command, source } => {
+                write!(f, "cannot start the SSM agent {command:?}: {source}")
+            }
+            LauncherError::Internal(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for LauncherError {}
+
+/// Runs the launcher; returns the agent's exit code (128 + signal if it was killed). `blocked`
+/// comes from [`block_signals`], called first thing in `main`.
+pub fn run(config: Config, blocked: &Blocked) -> Result<i32, LauncherError> {
+    let registration =
+        crate::state::read_vault(&config.base_dir).map_err(LauncherError::NotInitialised)?;
+    log::info!(
+        "the Vault {} holds instance {}",
+        config.base_dir.display(),
+        registration.instance_id()
+    );
+    let sa = ServiceAccountDir::new(&config.serviceaccount_dir);
+    let client = match &config.endpoint {
+        Some(e) => Client::new(e.clone(), &sa),
+        None => Client::new(Endpoint::from_env().map_err(LauncherError::Kube)?, &sa),
+    };
+    let key_sync = sync::KeySync::start(
+        client,
+        sync::SyncConfig {
+            base_dir: config.base_dir.clone(),
+            namespace: config.namespace.clone(),
+            secret_name: config.secret_name.clone(),
+        },
+    )
+    .map_err(|e| LauncherError::Internal(format!("cannot start the key-sync thread: {e}")))?;
+    if let Some(addr) = &config.health_addr {
+        let bound = crate::health::serve(addr, key_sync.ready_check()).map_err(|source| {
+            LauncherError::Health {
+                addr: addr.clone(),
+                source,
+            }
+        })?;
+        log::info!("health checks on http://{bound}/healthz and /readyz");
+    }
+    if let Err(e) = pid1::become_subreaper() {
+        log::warn!("cannot become a child subreaper ({e}); orphans will go to the real init");
+    }
+    let agent = pid1::spawn(&config.command).map_err(|source| LauncherError::Spawn {
+        command: config.command.join(" "),
+        source,
+    })?;
+    log::info!(
+        "started the SSM agent {:?} as pid {agent}",
+        config.command.join(" ")
+    );
+    let exit = pid1::supervise(blocked, agent)
+        .map_err(|e| LauncherError::Internal(format!("waiting for signals failed: {e}")))?;
+    log::info!("the SSM agent exited: {exit}");
+    pid1::finish_descendants(blocked, DESCENDANT_GRACE);
+    match key_sync.finish(FINAL_SYNC) {
+        sync::Status::InSync => {}
+        sync::Status::Starting => {
+            log::error!("the Vault was never compared with the state Secret")
+        }
+        sync::Status::Pending(why) => {
+            log::error!("exiting with the state Secret not in sync: {why}")
+        }
+    }
+    Ok(exit.code())
+}

@@ -1,0 +1,621 @@
+//! Key-rotation sync: keep the state Secret's `manifest`, `regkey` and `fingerprint` equal to the
+//! agent's Vault files, so that a rotated key survives the pod.
+//!
+//! **Watching: a stat poll every 200 ms, not inotify.** The agent rewrites files in place, so we
+//! must wait for a write to settle anyway: that is a matter of time, which a poll measures
+//! directly. A poll also survives what inotify needs extra code for (files replaced by rename,
+//! `Store/` removed and re-created, an emptyDir on a filesystem without inotify events), and
+//! costs three `stat` calls per tick while nothing changes. 200 ms plus the quiet period keeps
+//! the file-to-Secret latency well under the 2 s budget.
+//!
+//! **Never a partial file.** A snapshot (stat stamps and the bytes of all three files) is taken
+//! on each tick while the files differ from the last one evaluated. Only when the stamps and the
+//! bytes have stayed the same for [`QUIET`] *and* the bytes parse as a complete registration
+//! ([`Registration::from_bytes`]) does it become the target. A half-written file that sits still
+//! (a slow writer) fails the parse and is never copied: the last complete registration stays the
+//! target until the write completes.
+//!
+//! **Never give up.** A failed update is retried with [`Backoff`] capped at one minute until it
+//! succeeds, one log line per failure with its cause; a conflict re-reads the Secret at once.
+//! `/readyz` says whether the Secret holds the Vault's registration, and why not.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::backoff::Backoff;
+use crate::health::ReadyCheck;
+use crate::kube::{Client, KubeError, OnConflict, Secret};
+use crate::state::{Registration, FINGERPRINT_FILE, MANIFEST_FILE, REGKEY_FILE};
+
+/// How often the Vault files are checked.
+pub const POLL: Duration = Duration::from_millis(200);
+/// How long stamps and bytes must stay unchanged before a snapshot counts as settled.
+pub const QUIET: Duration = Duration::from_millis(400);
+/// Backoff bounds for failed Secret updates.
+const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Conflicts retried at once (re-reading the Secret) before counting as a failure.
+const CONFLICT_RETRIES: u32 = 5;
+/// A changed file that has not settled into a complete registration for this long is logged.
+const INCOMPLETE_WARN: Duration = Duration::from_secs(10);
+/// Largest Vault file we read; real ones are under 2 KiB.
+const MAX_FILE: u64 = 1 << 20;
+
+/// What the sync thread needs.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub base_dir: PathBuf,
+    pub namespace: String,
+    pub secret_name: String,
+}
+
+/// Where the sync stands, for `/readyz` and the final flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Not compared with the Secret yet.
+    Starting,
+    /// The Secret holds the Vault's registration.
+    InSync,
+    /// The Secret does not (yet) hold the Vault's registration: why.
+    Pending(String),
+}
+
+struct Shared {
+    status: Status,
+    stop: bool,
+    finished: bool,
+}
+
+type SharedState = Arc<(Mutex<Shared>, Condvar)>;
+
+fn lock(shared: &SharedState) -> MutexGuard<'_, Shared> {
+    shared.0.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The running sync thread.
+pub struct KeySync {
+    shared: SharedState,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl KeySync {
+    /// Starts the sync thread. Its first action is to compare the Vault with the Secret (a
+    /// rotation may have happened while no launcher ran).
+    pub fn start(client: Client, config: SyncConfig) -> std::io::Result<KeySync> {
+        let shared: SharedState = Arc::new((
+            Mutex::new(Shared {
+                status: Status::Starting,
+                stop: false,
+                finished: false,
+            }),
+            Condvar::new(),
+        ));
+        let s2 = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("key-sync".into())
+            .spawn(move || {
+                let mut worker = Worker::new(client, config, s2.clone());
+                worker.run();
+                let mut g = lock(&s2);
+                g.finished = true;
+                s2.1.notify_all();
+            })?;
+        Ok(KeySync {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        lock(&self.shared).status.clone()
+    }
+
+    /// For `/readyz`: ready when the Secret holds the Vault's registration.
+    pub fn ready_check(&self) -> ReadyCheck {
+        let shared = self.shared.clone();
+        Arc::new(move || match &lock(&shared).status {
+            Status::InSync => Ok(()),
+            Status::Starting => {
+                Err("the state Secret has not been compared with the Vault yet".into())
+            }
+            Status::Pending(why) => Err(why.clone()),
+        })
+    }
+
+    /// Asks the thread for a last look at the Vault (the agent has exited, so nothing is being
+    /// written) and a last attempt to save it, waiting up to `deadline`. Returns the final
+    /// status; if the thread is still busy (an API call hanging) it is left behind.
+    pub fn finish(mut self, deadline: Duration) -> Status {
+        let end = Instant::now() + deadline;
+        let mut g = lock(&self.shared);
+        g.stop = true;
+        self.shared.1.notify_all();
+        while !g.finished {
+            let now = Instant::now();
+            if now >= end {
+                return g.status.clone();
+            }
+            g = self
+                .shared
+                .1
+                .wait_timeout(g, end - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        let status = g.status.clone();
+        drop(g);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        status
+    }
+}
+
+/// Identity and shape of one file at one moment; `None` when absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    len: u64,
+    mtime: Option<SystemTime>,
+    ctime: (i64, i64),
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        ino: m.ino(),
+        len: m.len(),
+        mtime: m.modified().ok(),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+fn read_file(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        // An unreadable file reads as empty, which never parses as complete.
+        if f.take(MAX_FILE).read_to_end(&mut buf).is_err() {
+            buf.clear();
+        }
+    }
+    buf
+}
+
+/// The three files' stamps and bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Snapshot {
+    stamps: [Option<Stamp>; 3],
+    bytes: [Vec<u8>; 3],
+}
+
+/// Decides when the files have settled. Pure logic over observed snapshots and times, so it is
+/// unit-tested without a clock.
+#[derive(Default)]
+struct Settler {
+    /// The last snapshot seen and when it first appeared.
+    last: Option<(Snapshot, Instant)>,
+    /// Stamps of the last snapshot handed out as settled: while the files still show these,
+    /// nothing needs reading.
+    evaluated: Option<[Option<Stamp>; 3]>,
+}
+
+impl Settler {
+    /// Whether the files need reading at all: their stamps differ from the last settled ones.
+    fn needs_read(&self, stamps: &[Option<Stamp>; 3]) -> bool {
+        self.evaluated.as_ref() != Some(stamps)
+    }
+
+    /// Feeds one observation; returns the snapshot once it has been unchanged for `quiet`.
+    /// Each settled snapshot is returned once.
+    fn observe(&mut self, snap: Snapshot, now: Instant, quiet: Duration) -> Option<Snapshot> {
+        match &self.last {
+            Some((prev, since)) if *prev == snap => {
+                if now.duration_since(*since) >= quiet {
+                    self.evaluated = Some(snap.stamps);
+                    self.last = None;
+                    return Some(snap);
+                }
+                None
+            }
+            _ => {
+                self.last = Some((snap, now));
+                None
+            }
+        }
+    }
+}
+
+struct Worker {
+    client: Client,
+    config: SyncConfig,
+    shared: SharedState,
+    paths: [PathBuf; 3],
+    settler: Settler,
+    /// The latest complete, settled registration in the Vault.
+    target: Option<Registration>,
+    /// What the Secret is known to hold.
+    saved: Option<Registration>,
+    backoff: Backoff,
+    next_attempt: Instant,
+    failures: u32,
+    /// When the files last changed without (yet) forming a complete registration.
+    incomplete_since: Option<Instant>,
+    incomplete_warned: bool,
+    last_incomplete: Option<String>,
+}
+
+impl Worker {
+    fn new(client: Client, config: SyncConfig, shared: SharedState) -> Worker {
+        let paths = [
+            config.base_dir.join(MANIFEST_FILE),
+            config.base_dir.join(REGKEY_FILE),
+            config.base_dir.join(FINGERPRINT_FILE),
+        ];
+        Worker {
+            client,
+            config,
+            shared,
+            paths,
+            settler: Settler::default(),
+            target: None,
+            saved: None,
+            backoff: Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX),
+            next_attempt: Instant::now(),
+            failures: 0,
+            incomplete_since: None,
+            incomplete_warned: false,
+            last_incomplete: None,
+        }
+    }
+
+    fn secret_ref(&self) -> String {
+        format!("{}/{}", self.config.namespace, self.config.secret_name)
+    }
+
+    fn set_status(&self, status: Status) {
+        lock(&self.shared).status = status;
+    }
+
+    fn stamps(&self) -> [Option<Stamp>; 3] {
+        [
+            stamp(&self.paths[0]),
+            stamp(&self.paths[1]),
+            stamp(&self.paths[2]),
+        ]
+    }
+
+    /// Stamps, then bytes, then stamps again: a write during the read shows as a change and the
+    /// snapshot is not used.
+    fn snapshot(&self) -> Option<Snapshot> {
+        let stamps = self.stamps();
+        let bytes = [
+            read_file(&self.paths[0]),
+            read_file(&self.paths[1]),
+            read_file(&self.paths[2]),
+        ];
+        (self.stamps() == stamps).then_some(Snapshot { stamps, bytes })
+    }
+
+    fn parse(&self, snap: Snapshot) -> Result<Registration, crate::state::StateError> {
+        let [m, r, f] = snap.bytes;
+        let names: Vec<String> = self.paths.iter().map(|p| p.display().to_string()).collect();
+        Registration::from_bytes(m, r, f, (&names[0], &names[1], &names[2]))
+    }
+
+    fn run(&mut self) {
+        loop {
+            let stop = lock(&self.shared).stop;
+            if stop {
+                self.final_flush();
+                return;
+            }
+            let now = Instant::now();
+            self.watch_tick(now);
+            self.warn_if_stuck(now);
+            self.maybe_push();
+            let g = lock(&self.shared);
+            if !g.stop {
+                let _ = self.shared.1.wait_timeout(g, POLL);
+            }
+        }
+    }
+
+    /// One poll: read the files if they moved, and take a settled complete snapshot as target.
+    fn watch_tick(&mut self, now: Instant) {
+        if !self.settler.needs_read(&self.stamps()) {
+            return;
+        }
+        if self.incomplete_since.is_none() {
+            self.incomplete_since = Some(now);
+        }
+        let Some(snap) = self.snapshot() else {
+            return; // written while we read: look again next tick
+        };
+        let Some(settled) = self.settler.observe(snap, now, QUIET) else {
+            return;
+        };
+        match self.parse(settled) {
+            Ok(reg) => {
+                self.incomplete_since = None;
+                self.incomplete_warned = false;
+                self.last_incomplete = None;
+                if self.target.as_ref().is_some_and(|t| t.same_files(&reg)) {
+                    return;
+                }
+                if self.target.is_some() {
+                    log::info!(
+                        "the Vault changed (key rotation?): instance {}; saving it to Secret {}",
+                        reg.instance_id(),
+                        self.secret_ref()
+                    );
+                }
+                self.target = Some(reg);
+                // A new target is tried at once, whatever the backoff said for the old one.
+                self.next_attempt = now;
+            }
+            Err(e) => {
+                // Settled but not complete: a slow writer paused mid-file, or a broken file.
+                // Evaluated: looked at again only when the files move.
+                log::debug!("Vault not complete yet: {e}");
+                self.last_incomplete = Some(e.to_string());
+            }
+        }
+        self.update_status();
+    }
+
+    /// One warning when changed files stay incomplete for long (a writer died mid-file?).
+    fn warn_if_stuck(&mut self, now: Instant) {
+        let (Some(since), Some(why)) = (self.incomplete_since, &self.last_incomplete) else {
+            return;
+        };
+        if now.duration_since(since) >= INCOMPLETE_WARN && !self.incomplete_warned {
+            log::warn!(
+                "the Vault has not held a complete registration for {}s ({why}); the last \
+                 complete one stays the one saved: a partial file is never copied",
+                INCOMPLETE_WARN.as_secs()
+            );
+            self.incomplete_warned = true;
+        }
+    }
+
+    fn update_status(&self) {
+        let status = match (&self.target, &self.saved) {
+            (None, _) => Status::Pending(format!(
+                "the Vault {} holds no complete registration{}",
+                self.config.base_dir.display(),
+                self.last_incomplete
+                    .as_deref()
+                    .map(|w| format!(": {w}"))
+                    .unwrap_or_default()
+            )),
+            (Some(t), Some(s)) if t.same_files(s) => match &self.last_incomplete {
+                Some(w) => Status::Pending(format!(
+                    "the Vault is being rewritten and not complete yet ({w}); the Secret holds \
+                     the last complete registration"
+                )),
+                None => Status::InSync,
+            },
+            (Some(_), _) if self.failures > 0 => return, // keeps the failure's own message
+            (Some(_), _) => Status::Pending(format!(
+                "the Vault's registration is not saved to Secret {} yet",
+                self.secret_ref()
+            )),
+        };
+        self.set_status(status);
+    }
+
+    fn pending(&self) -> bool {
+        match (&self.target, &self.saved) {
+            (Some(t), Some(s)) => !t.same_files(s),
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    fn maybe_push(&mut self) {
+        if !self.pending() || Instant::now() < self.next_attempt {
+            return;
+        }
+        let Some(target) = self.target.clone() else {
+            return;
+        };
+        match self.push(&target) {
+            Ok(what) => {
+                if self.failures > 0 || what != Pushed::AlreadyEqual {
+                    log::info!(
+                        "Secret {} {} (instance {}){}",
+                        self.secret_ref(),
+                        what.describe(),
+                        target.instance_id(),
+                        if self.failures > 0 {
+                            format!(" after {} failed attempt(s)", self.failures)
+                        } else {
+                            String::new()
+                        }
+                    );
+                } else {
+                    log::info!(
+                        "Secret {} already holds the Vault's registration (instance {})",
+                        self.secret_ref(),
+                        target.instance_id()
+                    );
+                }
+                self.saved = Some(target);
+                self.failures = 0;
+                self.backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
+                self.update_status();
+            }
+            Err(e) => {
+                self.failures += 1;
+                let delay = self.backoff.next_delay();
+                self.next_attempt = Instant::now() + delay;
+                let why = format!(
+                    "cannot save the Vault's registration (instance {}) to Secret {}: {e}",
+                    target.instance_id(),
+                    self.secret_ref()
+                );
+                log::error!(
+                    "{why}; attempt {}, retrying in {:.1}s (the agent keeps running; the key is \
+                     at risk only if the pod is deleted before this succeeds)",
+                    self.failures,
+                    delay.as_secs_f64()
+                );
+                self.set_status(Status::Pending(why));
+            }
+        }
+    }
+
+    /// Reads the Secret, sets the three file keys (keeping `connector-config` and any other key),
+    /// and writes it if anything differs. Conflicts re-read and retry at once.
+    fn push(&self, reg: &Registration) -> Result<Pushed, KubeError> {
+        let (ns, name) = (&self.config.namespace, &self.config.secret_name);
+        let mut last = None;
+        for _ in 0..CONFLICT_RETRIES {
+            let result = match self.client.get_secret(ns, name) {
+                Ok(mut secret) => {
+                    let mut data = secret.data.clone();
+                    reg.apply_to(&mut data);
+                    if data == secret.data {
+                        return Ok(Pushed::AlreadyEqual);
+                    }
+                    secret.data = data;
+                    self.client
+                        .update_secret(&secret, OnConflict::Fail)
+                        .map(|_| Pushed::Updated)
+                }
+                Err(KubeError::NotFound { .. }) => {
+                    // Deleted behind our back: re-create it so the key is not lost. Without
+                    // `connector-config` the next init reuses it with a warning.
+                    log::warn!(
+                        "Secret {}/{} is gone; re-creating it from the Vault",
+                        ns,
+                        name
+                    );
+                    let mut secret = Secret::new(ns, name);
+                    secret.labels.insert("name".into(), name.clone());
+                    reg.apply_to(&mut secret.data);
+                    self.client.create_secret(&secret).map(|_| Pushed::Created)
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e @ KubeError::Conflict { .. }) => {
+                    log::debug!("conflict on Secret {ns}/{name}, re-reading: {e}");
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| KubeError::Config("internal: no attempt made".into())))
+    }
+
+    /// The agent has exited: nothing writes the Vault any more, so one look (no quiet period)
+    /// and, if it differs, attempts until the caller's deadline (the thread is abandoned then).
+    fn final_flush(&mut self) {
+        if let Some(snap) = self.snapshot() {
+            match self.parse(snap) {
+                Ok(reg) => {
+                    if !self.target.as_ref().is_some_and(|t| t.same_files(&reg)) {
+                        self.target = Some(reg);
+                        self.next_attempt = Instant::now();
+                    }
+                }
+                Err(e) => log::warn!("at exit the Vault is not complete ({e}); keeping the last complete registration"),
+            }
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
+        while self.pending() {
+            self.next_attempt = Instant::now();
+            self.maybe_push();
+            if !self.pending() {
+                break;
+            }
+            std::thread::sleep(backoff.next_delay());
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pushed {
+    AlreadyEqual,
+    Updated,
+    Created,
+}
+
+impl Pushed {
+    fn describe(self) -> &'static str {
+        match self {
+            Pushed::AlreadyEqual => "already holds the Vault's registration",
+            Pushed::Updated => "updated from the Vault",
+            Pushed::Created => "re-created from the Vault",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(len: u64, body: &str) -> Snapshot {
+        let st = Some(Stamp {
+            ino: 1,
+            len,
+            mtime: None,
+            ctime: (0, 0),
+        });
+        Snapshot {
+            stamps: [st, st, st],
+            bytes: [body.into(), body.into(), body.into()],
+        }
+    }
+
+    #[test]
+    fn a_snapshot_settles_only_after_the_quiet_period() {
+        let q = Duration::from_millis(400);
+        let t0 = Instant::now();
+        let mut s = Settler::default();
+        assert!(s.needs_read(&snap(1, "a").stamps));
+        assert_eq!(s.observe(snap(1, "a"), t0, q), None);
+        assert_eq!(
+            s.observe(snap(1, "a"), t0 + Duration::from_millis(200), q),
+            None
+        );
+        // A change restarts the quiet period.
+        assert_eq!(
+            s.observe(snap(2, "ab"), t0 + Duration::from_millis(399), q),
+            None
+        );
+        assert_eq!(
+            s.observe(snap(2, "ab"), t0 + Duration::from_millis(600), q),
+            None
+        );
+        let got = s.observe(snap(2, "ab"), t0 + Duration::from_millis(800), q);
+        assert_eq!(got, Some(snap(2, "ab")));
+        // Settled stamps need no more reading until they move.
+        assert!(!s.needs_read(&snap(2, "ab").stamps));
+        assert!(s.needs_read(&snap(3, "abc").stamps));
+    }
+
+    #[test]
+    fn same_stamps_with_different_bytes_are_a_change() {
+        let q = Duration::from_millis(400);
+        let t0 = Instant::now();
+        let mut s = Settler::default();
+        assert_eq!(s.observe(snap(1, "a"), t0, q), None);
+        assert_eq!(
+            s.observe(snap(1, "b"), t0 + Duration::from_millis(500), q),
+            None
+        );
+        assert_eq!(
+            s.observe(snap(1, "b"), t0 + Duration::from_millis(700), q),
+            None
+        );
+        assert!(s
+            .observe(snap(1, "b"), t0 + Duration::from_millis(900), q)
+            .is_some());
+    }
+}

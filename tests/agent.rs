@@ -1,0 +1,641 @@
+//! `eks-connector-agent` as a real process, supervising a fake SSM agent
+//! (tests/fixtures/fake_agent.sh) against the real kube-apiserver: key-rotation sync, RBAC
+//! refusals, signals, reaping, exit codes, and the not-initialised Vault.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{wait_for, TestNamespace};
+use eks_connector::state::{self, Registration};
+use serde_json::json;
+
+const SECRET: &str = "eks-connector-state-0";
+const POD: &str = "eks-connector-0";
+const ACTIVATION: &str = "3f1e6a52-7c0b-4d8e-9a4f-2b6c8d0e1f23";
+
+fn fake_agent() -> PathBuf {
+    common::repo_root().join("tests/fixtures/fake_agent.sh")
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let d = std::env::temp_dir().join(format!("agent-test-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A registration with a realistically sized (random) key, so the RegistrationKey file is
+/// ~1.7 KB as the real one is and is written in several pieces.
+fn registration(instance: &str) -> Registration {
+    let mut key = vec![0u8; 1190];
+    eks_connector::random::fill(&mut key).unwrap();
+    key[0] = 0x30;
+    let fp = eks_connector::random::uuid_v4().unwrap();
+    Registration::new(instance, "us-west-2", &key, SystemTime::now(), &fp)
+}
+
+/// The Role the connector ships (manifests/base/role.yaml) when it exists, so that a verb missing
+/// there fails these tests; otherwise the spec's rules.
+fn grant(ns: &TestNamespace) -> (String, String) {
+    let manifest = common::repo_root().join("manifests/base/role.yaml");
+    let role = if manifest.exists() {
+        ns.apply_role_from_manifest(&manifest)
+    } else {
+        ns.create_role(
+            "eks-connector-agent",
+            json!([
+                {"apiGroups": [""], "resources": ["secrets"],
+                 "resourceNames": ["eks-connector-state-0", "eks-connector-state-1"],
+                 "verbs": ["get", "update"]},
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
+            ]),
+        );
+        "eks-connector-agent".to_string()
+    };
+    let binding = ns.bind("Role", &role, "ServiceAccount", &ns.sa_name);
+    (role, binding)
+}
+
+struct Setup {
+    ns: TestNamespace,
+    role: String,
+    binding: String,
+    vault: PathBuf,
+    fake: PathBuf,
+    /// What the Secret and the Vault hold at the start.
+    initial: Registration,
+}
+
+/// A namespace with the connector's RBAC, a Vault as the init container leaves it, and the state
+/// Secret as the init container writes it.
+fn setup(tag: &str) -> Setup {
+    let ns = common::cluster().namespace(tag);
+    let (role, binding) = grant(&ns);
+    let work = tempdir(tag);
+    let vault = work.join("vault");
+    let fake = work.join("fake");
+    std::fs::create_dir_all(&fake).unwrap();
+    let initial = registration("mi-0123456789abcdef0");
+    state::write_vault(&vault, &initial).unwrap();
+    let secret = state::new_state_secret(&ns.name, SECRET, &initial, ACTIVATION);
+    common::cluster().admin().create_secret(&secret).unwrap();
+    Setup {
+        ns,
+        role,
+        binding,
+        vault,
+        fake,
+        initial,
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Launcher {
+    child: Child,
+    log: PathBuf,
+    fake: PathBuf,
+    health: u16,
+    status: Option<ExitStatus>,
+}
+
+impl Launcher {
+    fn start(s: &Setup, agent_args: &[&str], env: &[(&str, &str)]) -> Launcher {
+        let health = free_port();
+        let log = s.fake.join("launcher.log");
+        // The benchmark may point at another build (the static musl binary that ships).
+        let bin = std::env::var("EKS_CONNECTOR_AGENT_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_eks-connector-agent").to_string());
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("--state.baseDir={}", s.vault.display()))
+            .args(["--state.secretNamespace", &s.ns.name])
+            .arg("--serviceaccount.dir")
+            .arg(&s.ns.sa_dir)
+            .arg(format!("--health.addr=127.0.0.1:{health}"))
+            .arg("--")
+            .arg("/bin/sh")
+            .arg(fake_agent())
+            .args(agent_args)
+            .env("POD_NAME", POD)
+            .env("RUST_LOG", "debug")
+            .env("FAKE_DIR", &s.fake)
+            .env("FAKE_VAULT", &s.vault)
+            .envs(s.ns.kube_env())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Launcher {
+            child: cmd.spawn().unwrap(),
+            log,
+            fake: s.fake.clone(),
+            health,
+            status: None,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn agent_pid(&self) -> i32 {
+        let p = self.fake.join("agent.pid");
+        wait_for(Duration::from_secs(20), || {
+            std::fs::read_to_string(&p).ok()?.trim().parse().ok()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the fake agent did not start; launcher log:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                self.status = Some(st);
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the launcher did not exit within {timeout:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// `(status code, body)` of GET /readyz.
+    fn readyz(&self) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.health)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let code = out.split_whitespace().nth(1)?.parse().ok()?;
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        Some((code, body))
+    }
+
+    fn wait_ready(&self) {
+        wait_for(Duration::from_secs(30), || {
+            self.readyz().filter(|(c, _)| *c == 200)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "/readyz never became 200 (last {:?}); log:\n{}",
+                self.readyz(),
+                self.log()
+            )
+        });
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        if self.status.is_none() && self.running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // Whatever the fake agent and its children are still doing, stop it.
+        for f in ["agent.pid", "grandchild.pid"] {
+            if let Some(pid) = std::fs::read_to_string(self.fake.join(f))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            {
+                // SAFETY: plain kill(2); at worst the pid is gone.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+fn secret_data(ns: &TestNamespace) -> std::collections::BTreeMap<String, Vec<u8>> {
+    common::cluster()
+        .admin()
+        .get_secret(&ns.name, SECRET)
+        .unwrap()
+        .data
+}
+
+/// Asks the fake agent to rotate the key to `new` (bytes of a new Store/RegistrationKey).
+fn request_rotation(fake: &Path, new: &[u8]) {
+    std::fs::write(fake.join("rotate.tmp"), new).unwrap();
+    std::fs::rename(fake.join("rotate.tmp"), fake.join("rotate")).unwrap();
+}
+
+fn stat_of(pid: i32) -> Option<(char, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    Some((f.next()?.chars().next()?, f.next()?.parse().ok()?))
+}
+
+/// Children of `parent` in state Z.
+fn zombie_children(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| matches!(stat_of(pid), Some(('Z', pp)) if pp == parent))
+        .collect()
+}
+
+#[test]
+fn a_slow_rotation_reaches_the_secret_exactly_and_never_half_written() {
+    let s = setup("rotate");
+    let mut l = Launcher::start(&s, &[], &[]);
+    l.wait_ready();
+    let old = s.initial.regkey().to_vec();
+    let new = registration("mi-0123456789abcdef0").regkey().to_vec();
+    assert_ne!(old, new);
+    request_rotation(&s.fake, &new);
+
+    // Poll the Secret (and the file) throughout the slow write: the Secret must only ever hold
+    // the old bytes or the new ones, while the file is seen half-written on disk.
+    let vault_key = s.vault.join("Store/RegistrationKey");
+    let mut saw_partial_file = false;
+    let mut saw_new = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let data = secret_data(&s.ns);
+        let regkey = &data["regkey"];
+        assert!(
+            *regkey == old || *regkey == new,
+            "the Secret holds a partial key ({} bytes of {}): {:?}",
+            regkey.len(),
+            new.len(),
+            String::from_utf8_lossy(regkey)
+        );
+        let on_disk = std::fs::read(&vault_key).unwrap();
+        if on_disk != old && on_disk != new {
+            saw_partial_file = true;
+        }
+        if *regkey == new {
+            saw_new = Some(data);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        saw_partial_file,
+        "the fake agent never left a half-written file to see"
+    );
+    let data = saw_new
+        .unwrap_or_else(|| panic!("the new key never reached the Secret; log:\n{}", l.log()));
+    assert!(
+        s.fake.join("rotated").exists(),
+        "the Secret changed before the rotation finished"
+    );
+    assert_eq!(data["regkey"], new);
+    assert_eq!(data["regkey"], std::fs::read(&vault_key).unwrap());
+    assert_eq!(data["manifest"], s.initial.manifest());
+    assert_eq!(data["fingerprint"], s.initial.fingerprint());
+    assert_eq!(
+        data["connector-config"],
+        state::connector_config(ACTIVATION)
+    );
+    assert_eq!(data.len(), 4, "{:?}", data.keys());
+    let secret = common::cluster()
+        .admin()
+        .get_secret(&s.ns.name, SECRET)
+        .unwrap();
+    assert_eq!(secret.labels.get("name").map(String::as_str), Some(SECRET));
+    l.wait_ready();
+    assert!(l.running());
+    assert!(!l.log().contains(" ERROR "), "{}", l.log());
+}
+
+#[test]
+fn a_launcher_started_after_a_rotation_saves_it_at_start() {
+    let s = setup("atstart");
+    // The agent rotated while no launcher ran: the Vault is newer than the Secret.
+    let rotated = registration("mi-0123456789abcdef0");
+    std::fs::write(s.vault.join("Store/RegistrationKey"), rotated.regkey()).unwrap();
+    assert_eq!(secret_data(&s.ns)["regkey"], s.initial.regkey());
+    let l = Launcher::start(&s, &[], &[]);
+    let data = wait_for(Duration::from_secs(30), || {
+        let d = secret_data(&s.ns);
+        (d["regkey"] == rotated.regkey()).then_some(d)
+    })
+    .unwrap_or_else(|| panic!("the Secret was not brought up to date; log:\n{}", l.log()));
+    assert_eq!(
+        data["connector-config"],
+        state::connector_config(ACTIVATION)
+    );
+    assert_eq!(data["manifest"], s.initial.manifest());
+    assert_eq!(data["fingerprint"], s.initial.fingerprint());
+    l.wait_ready();
+}
+
+#[test]
+fn refused_updates_are_retried_until_the_key_gets_through_without_a_restart() {
+    let s = setup("refused");
+    let mut l = Launcher::start(&s, &[], &[("FAKE_DELAY", "0.05")]);
+    l.wait_ready();
+    s.ns.unbind(&s.binding);
+    // RBAC changes reach the authorizer through an informer: wait until the refusal is real.
+    let client = s.ns.client();
+    wait_for(Duration::from_secs(30), || {
+        client.get_secret(&s.ns.name, SECRET).is_err().then_some(())
+    })
+    .expect("removing the RoleBinding did not take effect");
+    let new = registration("mi-0123456789abcdef0").regkey().to_vec();
+    request_rotation(&s.fake, &new);
+
+    let (code, body) = wait_for(Duration::from_secs(30), || {
+        l.readyz()
+            .filter(|(c, b)| *c == 503 && b.contains("forbidden"))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "/readyz did not report the refusal ({:?}); log:\n{}",
+            l.readyz(),
+            l.log()
+        )
+    });
+    assert_eq!(code, 503);
+    assert!(body.contains(SECRET), "{body}");
+    // A while of refusals: several attempts, each logged once with its cause.
+    wait_for(Duration::from_secs(30), || {
+        (l.log()
+            .matches("cannot save the Vault's registration")
+            .count()
+            >= 3)
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("expected repeated, logged attempts; log:\n{}", l.log()));
+    for line in l
+        .log()
+        .lines()
+        .filter(|x| x.contains("cannot save the Vault's registration"))
+    {
+        assert!(
+            line.contains("forbidden") && line.contains("retrying in"),
+            "{line}"
+        );
+    }
+    assert_eq!(secret_data(&s.ns)["regkey"], s.initial.regkey());
+
+    // The API server lets us in again: the key arrives, same launcher, same agent.
+    let agent = l.agent_pid();
+    s.ns.bind("Role", &s.role, "ServiceAccount", &s.ns.sa_name);
+    wait_for(Duration::from_secs(120), || {
+        (secret_data(&s.ns)["regkey"] == new).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the key never reached the Secret; log:\n{}", l.log()));
+    assert!(l.running(), "the launcher must not have restarted");
+    assert_eq!(l.agent_pid(), agent);
+    assert_eq!(
+        secret_data(&s.ns)["connector-config"],
+        state::connector_config(ACTIVATION)
+    );
+    l.wait_ready();
+    assert!(
+        l.log().contains("after "),
+        "success after failures is logged: {}",
+        l.log()
+    );
+}
+
+#[test]
+fn signals_are_forwarded_and_the_launcher_exits_with_the_agents_code() {
+    let s = setup("signals");
+    let mut l = Launcher::start(&s, &[], &[("FAKE_TERM_EXIT", "42")]);
+    l.agent_pid();
+    let signals_file = s.fake.join("signals");
+    for (sig, name) in [
+        (libc::SIGHUP, "HUP"),
+        (libc::SIGINT, "INT"),
+        (libc::SIGQUIT, "QUIT"),
+        (libc::SIGUSR1, "USR1"),
+        (libc::SIGUSR2, "USR2"),
+    ] {
+        l.signal(sig);
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(&signals_file)
+                .ok()?
+                .lines()
+                .any(|x| x == name)
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("{name} did not reach the agent; log:\n{}", l.log()));
+        assert!(l.running(), "the launcher must survive {name}");
+    }
+    l.signal(libc::SIGTERM);
+    let st = l.wait_exit(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(42), "{st:?}; log:\n{}", l.log());
+    let got = std::fs::read_to_string(&signals_file).unwrap();
+    assert_eq!(got.lines().last(), Some("TERM"), "{got}");
+}
+
+#[test]
+fn a_reparented_grandchild_is_reaped_not_left_a_zombie() {
+    let s = setup("reap");
+    let mut l = Launcher::start(&s, &["reparent"], &[]);
+    l.agent_pid();
+    let g: i32 = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(s.fake.join("grandchild.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })
+    .expect("the fake agent did not start its grandchild");
+    // Orphaned by its parent, it now belongs to the launcher (a subreaper, as PID 1 would be).
+    wait_for(Duration::from_secs(5), || {
+        matches!(stat_of(g), Some((_, pp)) if pp == l.pid()).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "grandchild {g} was not re-parented to the launcher: {:?}",
+            stat_of(g)
+        )
+    });
+    // It exits after 1 s; the launcher must reap it: no /proc entry, no zombie, ever after.
+    wait_for(Duration::from_secs(10), || {
+        stat_of(g).is_none().then_some(())
+    })
+    .unwrap_or_else(|| panic!("grandchild {g} was not reaped: {:?}", stat_of(g)));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(zombie_children(l.pid()), Vec::<i32>::new());
+    assert!(l.running());
+    l.signal(libc::SIGTERM);
+    assert_eq!(l.wait_exit(Duration::from_secs(20)).code(), Some(0));
+}
+
+#[test]
+fn an_agent_that_exits_leaves_no_orphan_running() {
+    let s = setup("orphan");
+    let mut l = Launcher::start(&s, &["orphan-exit"], &[]);
+    let st = l.wait_exit(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(7), "{st:?}; log:\n{}", l.log());
+    let g: i32 = std::fs::read_to_string(s.fake.join("grandchild.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The launcher stopped it before leaving (at most a zombie on its way to init's reaping).
+    let left = wait_for(Duration::from_secs(5), || match stat_of(g) {
+        None | Some(('Z', _)) => Some(()),
+        _ => None,
+    });
+    assert!(
+        left.is_some(),
+        "grandchild {g} still runs: {:?}",
+        stat_of(g)
+    );
+}
+
+#[test]
+fn an_agent_killed_by_sigkill_gives_137() {
+    let s = setup("sigkill");
+    let mut l = Launcher::start(&s, &["sigkill"], &[]);
+    let st = l.wait_exit(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(137), "{st:?}; log:\n{}", l.log());
+    assert!(l.log().contains("killed by SIGKILL"), "{}", l.log());
+}
+
+#[test]
+fn the_agents_exit_code_is_the_launchers() {
+    let s = setup("exitcode");
+    let mut l = Launcher::start(&s, &["exit", "5"], &[]);
+    assert_eq!(
+        l.wait_exit(Duration::from_secs(30)).code(),
+        Some(5),
+        "{}",
+        l.log()
+    );
+}
+
+#[test]
+fn a_vault_not_initialised_is_a_clear_error_and_no_agent_is_started() {
+    let work = tempdir("noinit");
+    let fake = work.join("fake");
+    std::fs::create_dir_all(&fake).unwrap();
+    let vault = work.join("vault");
+    std::fs::create_dir_all(&vault).unwrap();
+    let run = |vault: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_eks-connector-agent"))
+            .arg(format!("--state.baseDir={}", vault.display()))
+            .args(["--", "/bin/sh"])
+            .arg(fake_agent())
+            .env("POD_NAME", POD)
+            .env("FAKE_DIR", &fake)
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .env("KUBERNETES_SERVICE_PORT", "1")
+            .output()
+            .unwrap()
+    };
+    // Empty Vault: the init container never ran.
+    let out = run(&vault);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("holds no registration"), "{err}");
+    assert!(err.contains("init container"), "{err}");
+    assert!(err.contains("was not started"), "{err}");
+    assert!(!fake.join("agent.pid").exists(), "the agent was started");
+    // A half-written Vault (the init container died mid-way): same.
+    let reg = registration("mi-0123456789abcdef0");
+    state::write_vault(&vault, &reg).unwrap();
+    std::fs::write(vault.join("Store/RegistrationKey"), &reg.regkey()[..100]).unwrap();
+    let out = run(&vault);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("RegistrationKey"), "{err}");
+    assert!(err.contains("init container"), "{err}");
+    assert!(!fake.join("agent.pid").exists(), "the agent was started");
+}
+
+fn vm_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// The footprint benchmark (not a timed test; run by bench/agent.sh with a release build):
+/// the launcher's RSS while supervising and syncing, and the latency from the fake agent's last
+/// write of a rotated key to the Secret holding it. Budgets: 2 MiB and 2 s.
+#[test]
+#[ignore = "benchmark: run bench/agent.sh"]
+fn bench_footprint() {
+    const ROTATIONS: usize = 5;
+    let s = setup("bench");
+    let mut l = Launcher::start(&s, &[], &[("FAKE_DELAY", "0.05")]);
+    l.wait_ready();
+    let admin = common::cluster().admin();
+    let mut latencies = Vec::new();
+    let mut rss_max = vm_rss_kib(l.pid());
+    for i in 0..ROTATIONS {
+        let new = registration("mi-0123456789abcdef0").regkey().to_vec();
+        let _ = std::fs::remove_file(s.fake.join("rotated"));
+        request_rotation(&s.fake, &new);
+        let synced_at = wait_for(Duration::from_secs(30), || {
+            let d = admin.get_secret(&s.ns.name, SECRET).ok()?.data;
+            (d["regkey"] == new).then(SystemTime::now)
+        })
+        .unwrap_or_else(|| panic!("rotation {i} never reached the Secret; log:\n{}", l.log()));
+        let last_write: f64 = std::fs::read_to_string(s.fake.join("rotated"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let synced = synced_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        latencies.push(synced - last_write);
+        rss_max = rss_max.max(vm_rss_kib(l.pid()));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Supervising at rest for a while.
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        rss_max = rss_max.max(vm_rss_kib(l.pid()));
+    }
+    let rss_now = vm_rss_kib(l.pid());
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "launcher VmRSS: {rss_now} KiB at rest, {rss_max} KiB max while syncing (budget 2048 KiB)"
+    );
+    println!(
+        "sync latency, last write -> Secret updated, {ROTATIONS} rotations: median {:.0} ms, max {:.0} ms (budget 2000 ms)",
+        latencies[ROTATIONS / 2] * 1000.0,
+        latencies[ROTATIONS - 1] * 1000.0
+    );
+    l.signal(libc::SIGTERM);
+    l.wait_exit(Duration::from_secs(20));
+}
