@@ -99,26 +99,22 @@ pub enum Outcome {
     Adopted { instance_id: String },
 }
 
+/// A failed operation on the state Secret.
+#[derive(Debug)]
+pub struct SecretOpError {
+    pub verb: &'static str,
+    pub namespace: String,
+    pub secret: String,
+    pub source: KubeError,
+    /// Set when a registration exists only in the Vault: (instance id, Vault directory).
+    pub saved_in_vault: Option<(String, PathBuf)>,
+}
+
 #[derive(Debug)]
 pub enum InitError {
     Ssm(SsmError),
-    /// RBAC refused `verb` on the state Secret.
-    Forbidden {
-        verb: &'static str,
-        namespace: String,
-        secret: String,
-        message: String,
-        /// Set when a registration exists only in the Vault.
-        saved_in_vault: Option<(String, PathBuf)>,
-    },
-    /// Any other Kubernetes failure on the state Secret.
-    Kube {
-        verb: &'static str,
-        namespace: String,
-        secret: String,
-        source: KubeError,
-        saved_in_vault: Option<(String, PathBuf)>,
-    },
+    /// A Kubernetes operation on the state Secret failed (RBAC, API error, unreachable).
+    Kube(Box<SecretOpError>),
     /// The state Secret holds something that is not a registration; it was not touched.
     BadSecret {
         namespace: String,
@@ -140,12 +136,11 @@ impl InitError {
                 SsmError::Dns { .. } | SsmError::Tls { .. } => EXIT_SSM_DNS_TLS,
                 SsmError::Config(_) => EXIT_CONFIG,
             },
-            InitError::Forbidden { .. } => EXIT_KUBE_FORBIDDEN,
-            InitError::Kube {
-                source: KubeError::Config(_),
-                ..
-            } => EXIT_CONFIG,
-            InitError::Kube { .. } => EXIT_KUBE,
+            InitError::Kube(k) => match k.source {
+                KubeError::Forbidden { .. } => EXIT_KUBE_FORBIDDEN,
+                KubeError::Config(_) => EXIT_CONFIG,
+                _ => EXIT_KUBE,
+            },
             InitError::BadSecret { .. } => EXIT_BAD_STATE_SECRET,
             InitError::Vault(_) => EXIT_VAULT,
             InitError::Key(_) => EXIT_INTERNAL,
@@ -168,38 +163,35 @@ impl fmt::Display for InitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             InitError::Ssm(e) => write!(f, "{e}"),
-            InitError::Forbidden {
-                verb,
-                namespace,
-                secret,
-                message,
-                saved_in_vault,
-            } => {
-                let names = if *verb == "create" {
-                    " (create cannot be limited by resourceNames)".to_string()
+            InitError::Kube(k) => {
+                let SecretOpError {
+                    verb,
+                    namespace,
+                    secret,
+                    source,
+                    saved_in_vault,
+                } = k.as_ref();
+                let note = vault_note(saved_in_vault);
+                if let KubeError::Forbidden { message } = source {
+                    let names = if *verb == "create" {
+                        " (create cannot be limited by resourceNames)".to_string()
+                    } else {
+                        format!(", resourceNames: [\"{secret}\"]")
+                    };
+                    write!(
+                        f,
+                        "Kubernetes refused to {verb} Secret {namespace}/{secret}: {message}; the \
+                         ServiceAccount's Role in {namespace} needs the rule apiGroups: [\"\"], \
+                         resources: [\"secrets\"], verbs: [\"{verb}\"]{names} (see \
+                         manifests/base/role.yaml){note}"
+                    )
                 } else {
-                    format!(", resourceNames: [\"{secret}\"]")
-                };
-                write!(
-                    f,
-                    "Kubernetes refused to {verb} Secret {namespace}/{secret}: {message}; the \
-                     ServiceAccount's Role in {namespace} needs the rule apiGroups: [\"\"], \
-                     resources: [\"secrets\"], verbs: [\"{verb}\"]{names} (see \
-                     manifests/base/role.yaml){}",
-                    vault_note(saved_in_vault)
-                )
+                    write!(
+                        f,
+                        "cannot {verb} Secret {namespace}/{secret}: {source}{note}"
+                    )
+                }
             }
-            InitError::Kube {
-                verb,
-                namespace,
-                secret,
-                source,
-                saved_in_vault,
-            } => write!(
-                f,
-                "cannot {verb} Secret {namespace}/{secret}: {source}{}",
-                vault_note(saved_in_vault)
-            ),
             InitError::BadSecret {
                 namespace,
                 secret,
@@ -307,6 +299,7 @@ pub fn run(
         }
     }
 
+    state::prepare_vault(&cfg.base_dir).map_err(InitError::Vault)?;
     let client = make_ssm().map_err(InitError::Ssm)?;
     log::info!(
         "registering with SSM at {} ({}) for activation {} in {}",
@@ -347,14 +340,27 @@ pub fn run(
         SystemTime::now(),
         &fingerprint,
     );
-    state::write_vault(&cfg.base_dir, &reg).map_err(InitError::Vault)?;
-    state::write_vault_activation(&cfg.base_dir, &cfg.activation_id).map_err(InitError::Vault)?;
+    let saved = Some((registered.instance_id.clone(), cfg.base_dir.clone()));
+    let written = state::write_vault(&cfg.base_dir, &reg)
+        .and_then(|()| state::write_vault_activation(&cfg.base_dir, &cfg.activation_id));
+    if let Err(e) = written {
+        // The key exists only in memory: the Secret is its last chance.
+        log::error!(
+            "{e}; saving instance {} to the Secret anyway",
+            registered.instance_id
+        );
+        save_secret(cfg, kube, existing, &reg, Some(&cfg.activation_id), None)?;
+        log::info!(
+            "instance {} saved to Secret {ns}/{name}",
+            registered.instance_id
+        );
+        return Err(InitError::Vault(e));
+    }
     log::info!(
         "instance {} saved in the Vault {}",
         registered.instance_id,
         cfg.base_dir.display()
     );
-    let saved = Some((registered.instance_id.clone(), cfg.base_dir.clone()));
     save_secret(cfg, kube, existing, &reg, Some(&cfg.activation_id), saved)?;
     log::info!(
         "instance {} saved to Secret {ns}/{name}",
@@ -428,25 +434,16 @@ fn get_secret(cfg: &Config, kube: &kube::Client) -> Result<Option<Secret>, InitE
 fn kube_error(
     cfg: &Config,
     verb: &'static str,
-    e: KubeError,
+    source: KubeError,
     saved_in_vault: Option<(String, PathBuf)>,
 ) -> InitError {
-    match e {
-        KubeError::Forbidden { message } => InitError::Forbidden {
-            verb,
-            namespace: cfg.namespace.clone(),
-            secret: cfg.secret_name.clone(),
-            message,
-            saved_in_vault,
-        },
-        source => InitError::Kube {
-            verb,
-            namespace: cfg.namespace.clone(),
-            secret: cfg.secret_name.clone(),
-            source,
-            saved_in_vault,
-        },
-    }
+    InitError::Kube(Box::new(SecretOpError {
+        verb,
+        namespace: cfg.namespace.clone(),
+        secret: cfg.secret_name.clone(),
+        source,
+        saved_in_vault,
+    }))
 }
 
 /// Writes `reg` into the state Secret: create it, or update the file keys of the existing one.
@@ -665,13 +662,15 @@ mod tests {
 
     #[test]
     fn errors_have_distinct_exit_codes_and_actionable_messages() {
-        let forbidden = InitError::Forbidden {
+        let forbidden = InitError::Kube(Box::new(SecretOpError {
             verb: "update",
             namespace: "eks-connector".into(),
             secret: "eks-connector-state-0".into(),
-            message: "secrets \"eks-connector-state-0\" is forbidden".into(),
+            source: KubeError::Forbidden {
+                message: "secrets \"eks-connector-state-0\" is forbidden".into(),
+            },
             saved_in_vault: Some(("mi-1".into(), "/vault".into())),
-        };
+        }));
         let s = forbidden.to_string();
         for want in [
             "update",

@@ -21,8 +21,8 @@ pub use secret::{
     StoredState,
 };
 pub use vault::{
-    read_vault, read_vault_activation, write_atomic, write_vault, write_vault_activation,
-    VaultError,
+    prepare_vault, read_vault, read_vault_activation, write_atomic, write_vault,
+    write_vault_activation, VaultError,
 };
 
 use std::fmt;

@@ -172,6 +172,16 @@ pub fn write_vault(base: &Path, reg: &Registration) -> Result<(), VaultError> {
     Ok(())
 }
 
+/// Creates the Vault directories (0700) and checks that files can be written there, so a
+/// registration is never made that could not be saved.
+pub fn prepare_vault(base: &Path) -> Result<(), VaultError> {
+    ensure_dir(base)?;
+    ensure_dir(&base.join(STORE_DIR))?;
+    let probe = base.join(STORE_DIR).join(".eks-connector-probe");
+    write_atomic(&probe, b"")?;
+    fs::remove_file(&probe).map_err(io_err("remove", &probe))
+}
+
 /// Records which activation the Vault's registration belongs to (the `connector-config` bytes).
 pub fn write_vault_activation(base: &Path, activation_id: &str) -> Result<(), VaultError> {
     ensure_dir(base)?;
@@ -249,6 +259,9 @@ mod tests {
             );
         }
         assert_eq!(read_vault(&base).unwrap(), r);
+        prepare_vault(&base).unwrap();
+        assert!(!base.join("Store/.eks-connector-probe").exists());
+        assert!(prepare_vault(&base.join("Manifest").join("x")).is_err());
         // No temp files left behind.
         let names: Vec<_> = fs::read_dir(base.join("Store"))
             .unwrap()
