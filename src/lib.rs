@@ -12,6 +12,7 @@ pub mod health;
 pub mod init;
 pub mod kube;
 pub mod launcher;
+pub mod proxy;
 pub mod random;
 pub mod signals;
 pub mod ssm;

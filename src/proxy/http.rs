@@ -1,0 +1,1283 @@
+//! A strict, hand-written HTTP/1.1 message-head parser and body framing, for both sides of the
+//! proxy: requests from clients and responses from the API server.
+//!
+//! Strict on purpose (see the spec's request-smuggling list): every line must end in CRLF (a bare
+//! LF is an error), obsolete line folding is an error, header names are tokens with no space
+//! before the colon, header values may not hold NUL, CR, LF or any other control byte but HTAB.
+//! Sizes are bounded while reading, so a hostile head never grows past the limits.
+
+use std::io::{self, BufRead, Read};
+use std::time::{Duration, Instant};
+
+/// Size limits for a message head.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// Longest request line (or status line), without CRLF. Over it: 414.
+    pub max_line: usize,
+    /// Largest header section (all header lines with their CRLFs). Over it: 431.
+    pub max_header_bytes: usize,
+    /// Most header lines. Over it: 431.
+    pub max_headers: usize,
+}
+
+/// Why a head could not be read. Each maps to one status code (or to silence).
+#[derive(Debug)]
+pub enum HeadError {
+    /// The peer closed (or stayed silent past the idle timeout) before sending a byte: no answer.
+    Closed,
+    /// Bytes arrived but the head was not complete in time: 408.
+    Timeout,
+    /// The request line is too long: 414.
+    LineTooLong,
+    /// Too many or too large header lines: 431.
+    HeadersTooLarge,
+    /// Malformed: 400, with what was wrong.
+    Bad(&'static str),
+    /// The connection failed mid-head.
+    Io(io::Error),
+}
+
+impl HeadError {
+    /// The status to answer with, if any.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HeadError::Closed | HeadError::Io(_) => None,
+            HeadError::Timeout => Some(408),
+            HeadError::LineTooLong => Some(414),
+            HeadError::HeadersTooLarge => Some(431),
+            HeadError::Bad(_) => Some(400),
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            HeadError::Closed => "connection closed".into(),
+            HeadError::Timeout => "the request head was not received in time".into(),
+            HeadError::LineTooLong => "the request line is too long".into(),
+            HeadError::HeadersTooLarge => "the request headers are too large or too many".into(),
+            HeadError::Bad(why) => format!("malformed request: {why}"),
+            HeadError::Io(e) => format!("connection error: {e}"),
+        }
+    }
+}
+
+/// One header line: the name as sent, the value without surrounding whitespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+/// HTTP/1.0 or HTTP/1.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: String,
+    /// The origin-form target: path and query, exactly as sent.
+    pub target: String,
+    pub version: Version,
+    pub headers: Vec<Header>,
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub version: Version,
+    pub status: u16,
+    pub reason: String,
+    pub headers: Vec<Header>,
+}
+
+fn all<'a>(headers: &'a [Header], name: &'a str) -> impl Iterator<Item = &'a Header> + 'a {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+}
+
+impl RequestHead {
+    /// Every header of this name, any case.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Header> + 'a {
+        all(&self.headers, name)
+    }
+
+    /// The path without the query.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    /// Whether a comma-separated header (`Connection`) lists `token`, any case.
+    pub fn lists_token(&self, name: &str, token: &str) -> bool {
+        lists_token(&self.headers, name, token)
+    }
+
+    /// Whether the client wants the connection kept open after this request.
+    pub fn keep_alive(&self) -> bool {
+        match self.version {
+            Version::Http11 => !self.lists_token("connection", "close"),
+            Version::Http10 => false,
+        }
+    }
+}
+
+impl ResponseHead {
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Header> + 'a {
+        all(&self.headers, name)
+    }
+}
+
+fn lists_token(headers: &[Header], name: &str, token: &str) -> bool {
+    all(headers, name).any(|h| {
+        h.value
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// `tchar` of RFC 9110.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Allowed in a field value: HTAB, SP, visible ASCII and obs-text. Never NUL, CR, LF or DEL.
+fn is_value_byte(b: u8) -> bool {
+    b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80
+}
+
+/// Parses one header line (without CRLF).
+fn parse_header_line(line: &[u8]) -> Result<Header, &'static str> {
+    if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+        return Err("obsolete line folding");
+    }
+    let colon = line
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or("header line without a colon")?;
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    if name.is_empty() {
+        return Err("empty header name");
+    }
+    if !name.iter().all(|&b| is_tchar(b)) {
+        return Err("invalid byte in a header name (or whitespace before the colon)");
+    }
+    if !value.iter().all(|&b| is_value_byte(b)) {
+        return Err("control byte in a header value");
+    }
+    let value = value.trim_ascii();
+    Ok(Header {
+        // tchar bytes are ASCII.
+        name: String::from_utf8_lossy(name).into_owned(),
+        value: value.to_vec(),
+    })
+}
+
+/// Parses `METHOD SP origin-form SP HTTP/1.x`.
+fn parse_request_line(line: &[u8]) -> Result<(String, String, Version), &'static str> {
+    let mut parts = line.split(|&b| b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().ok_or("request line without a target")?;
+    let version = parts.next().ok_or("request line without a version")?;
+    if parts.next().is_some() {
+        return Err("request line with extra spaces");
+    }
+    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
+        return Err("invalid method");
+    }
+    if target.first() != Some(&b'/') {
+        return Err("the request target must be a path starting with /");
+    }
+    if !target
+        .iter()
+        .all(|&b| (0x21..=0x7e).contains(&b) && b != b'#')
+    {
+        return Err("invalid byte in the request target");
+    }
+    let version = parse_version(version).ok_or("unsupported HTTP version")?;
+    Ok((
+        String::from_utf8_lossy(method).into_owned(),
+        String::from_utf8_lossy(target).into_owned(),
+        version,
+    ))
+}
+
+fn parse_version(v: &[u8]) -> Option<Version> {
+    match v {
+        b"HTTP/1.1" => Some(Version::Http11),
+        b"HTTP/1.0" => Some(Version::Http10),
+        _ => None,
+    }
+}
+
+/// Parses `HTTP/1.x SP 3DIGIT SP reason`.
+fn parse_status_line(line: &[u8]) -> Result<(Version, u16, String), &'static str> {
+    let version = parse_version(line.get(..8).ok_or("short status line")?)
+        .ok_or("unsupported HTTP version in the status line")?;
+    let rest = &line[8..];
+    if rest.first() != Some(&b' ') || rest.len() < 4 {
+        return Err("malformed status line");
+    }
+    let code = &rest[1..4];
+    if !code.iter().all(u8::is_ascii_digit) {
+        return Err("malformed status code");
+    }
+    let status = code.iter().fold(0u16, |a, &d| a * 10 + u16::from(d - b'0'));
+    if status < 100 {
+        return Err("malformed status code");
+    }
+    let reason = match rest.get(4) {
+        None => "",
+        Some(b' ') => std::str::from_utf8(&rest[5..]).unwrap_or(""),
+        Some(_) => return Err("malformed status line"),
+    };
+    let reason = if reason
+        .bytes()
+        .all(|b| b == b' ' || b == b'\t' || (0x21..=0x7e).contains(&b))
+    {
+        reason.to_string()
+    } else {
+        String::new()
+    };
+    Ok((version, status, reason))
+}
+
+/// Something we can read from with a deadline: sockets.
+pub trait Timed {
+    fn set_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+}
+
+impl Timed for std::net::TcpStream {
+    fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(t)
+    }
+}
+
+impl Timed for std::os::unix::net::UnixStream {
+    fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(t)
+    }
+}
+
+impl<T: Timed + ?Sized> Timed for &T {
+    fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        (**self).set_timeout(t)
+    }
+}
+
+const INITIAL_BUF: usize = 4096;
+
+/// A buffered reader for a client connection that reads request heads under limits and
+/// deadlines, then serves the body bytes (first what is already buffered).
+pub struct HeadReader<S> {
+    inner: S,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    /// The read timeout currently set on the socket, to avoid needless syscalls.
+    timeout: Option<Duration>,
+    /// Timeout for body reads.
+    pub io_timeout: Duration,
+}
+
+impl<S: Timed + Read> HeadReader<S> {
+    pub fn new(inner: S, io_timeout: Duration) -> Self {
+        HeadReader {
+            inner,
+            buf: vec![0; INITIAL_BUF],
+            pos: 0,
+            end: 0,
+            timeout: None,
+            io_timeout,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    fn set_timeout(&mut self, t: Duration) -> io::Result<()> {
+        let t = Some(t.max(Duration::from_millis(1)));
+        if self.timeout != t {
+            self.inner.set_timeout(t)?;
+            self.timeout = t;
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes into the buffer, growing it up to `cap`. `Ok(0)` at EOF.
+    fn read_more(&mut self, cap: usize) -> io::Result<usize> {
+        if self.pos > 0 && self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+        }
+        if self.end == self.buf.len() {
+            if self.pos > 0 {
+                self.buf.copy_within(self.pos..self.end, 0);
+                self.end -= self.pos;
+                self.pos = 0;
+            } else if self.buf.len() < cap {
+                let new_len = (self.buf.len() * 2).min(cap);
+                self.buf.resize(new_len, 0);
+            } else {
+                return Err(io::Error::other("buffer full"));
+            }
+        }
+        loop {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads a request head. Waits up to `idle` for its first byte, then up to `header_timeout`
+    /// for the rest.
+    pub fn read_request(
+        &mut self,
+        limits: &HeadLimits,
+        idle: Duration,
+        header_timeout: Duration,
+    ) -> Result<RequestHead, HeadError> {
+        // Shrink a buffer that grew for a large previous head.
+        if self.pos == self.end && self.buf.len() > 4 * INITIAL_BUF {
+            self.buf = vec![0; INITIAL_BUF];
+            self.pos = 0;
+            self.end = 0;
+        }
+        if self.pos == self.end {
+            self.set_timeout(idle).map_err(HeadError::Io)?;
+            match self.read_more(usize::MAX) {
+                Ok(0) => return Err(HeadError::Closed),
+                Ok(_) => {}
+                Err(e) if is_timeout(&e) => return Err(HeadError::Closed),
+                Err(e) => return Err(HeadError::Io(e)),
+            }
+        }
+        let deadline = Instant::now() + header_timeout;
+        let (lines, consumed) = self.read_lines(limits, deadline, true)?;
+        let mut lines = lines.into_iter();
+        let (first_start, first_end) = lines.next().ok_or(HeadError::Bad("empty head"))?;
+        let base = self.pos;
+        let line = &self.buf[base + first_start..base + first_end];
+        let (method, target, version) = parse_request_line(line).map_err(HeadError::Bad)?;
+        let mut headers = Vec::new();
+        for (s, e) in lines {
+            headers.push(parse_header_line(&self.buf[base + s..base + e]).map_err(HeadError::Bad)?);
+        }
+        self.pos += consumed;
+        Ok(RequestHead {
+            method,
+            target,
+            version,
+            headers,
+        })
+    }
+
+    /// Finds the lines of one head in the buffer, reading as needed. Returns the (start, end)
+    /// offsets of each line relative to `self.pos` (without CRLF, without the empty last line),
+    /// and how many bytes the head took.
+    #[allow(clippy::type_complexity)]
+    fn read_lines(
+        &mut self,
+        limits: &HeadLimits,
+        deadline: Instant,
+        is_request: bool,
+    ) -> Result<(Vec<(usize, usize)>, usize), HeadError> {
+        let cap = limits.max_line + limits.max_header_bytes + 4 + 2 * 4;
+        let mut lines: Vec<(usize, usize)> = Vec::new();
+        let mut line_start = 0usize;
+        let mut scanned = 0usize;
+        let mut header_bytes = 0usize;
+        let mut leading_empty = 0;
+        loop {
+            let avail = &self.buf[self.pos..self.end];
+            while let Some(off) = avail[scanned..].iter().position(|&b| b == b'\n') {
+                let lf = scanned + off;
+                scanned = lf + 1;
+                if lf == 0 || avail[lf - 1] != b'\r' {
+                    return Err(HeadError::Bad("a line ends in a bare LF"));
+                }
+                let (s, e) = (line_start, lf - 1);
+                line_start = lf + 1;
+                if avail[s..e].contains(&b'\r') {
+                    return Err(HeadError::Bad("a bare CR inside a line"));
+                }
+                if lines.is_empty() {
+                    if s == e {
+                        // Tolerate a few empty lines before a request line (RFC 9112 2.2).
+                        leading_empty += 1;
+                        if leading_empty > 4 {
+                            return Err(HeadError::Bad("too many empty lines"));
+                        }
+                        continue;
+                    }
+                    if e - s > limits.max_line {
+                        return Err(if is_request {
+                            HeadError::LineTooLong
+                        } else {
+                            HeadError::Bad("status line too long")
+                        });
+                    }
+                    lines.push((s, e));
+                    continue;
+                }
+                if s == e {
+                    return Ok((lines, line_start));
+                }
+                header_bytes += e - s + 2;
+                if header_bytes > limits.max_header_bytes || lines.len() > limits.max_headers {
+                    return Err(HeadError::HeadersTooLarge);
+                }
+                lines.push((s, e));
+            }
+            // Incomplete: check the partial line against the limits before reading more.
+            let partial = avail.len() - line_start;
+            if lines.is_empty() {
+                if partial > limits.max_line + 2 {
+                    return Err(if is_request {
+                        HeadError::LineTooLong
+                    } else {
+                        HeadError::Bad("status line too long")
+                    });
+                }
+            } else if header_bytes + partial > limits.max_header_bytes + 2 {
+                return Err(HeadError::HeadersTooLarge);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(HeadError::Timeout);
+            }
+            self.set_timeout(deadline - now).map_err(HeadError::Io)?;
+            match self.read_more(cap) {
+                Ok(0) => {
+                    return Err(if self.end == self.pos {
+                        HeadError::Closed
+                    } else {
+                        HeadError::Bad("connection closed inside the request head")
+                    })
+                }
+                Ok(_) => {}
+                Err(e) if is_timeout(&e) => return Err(HeadError::Timeout),
+                Err(e) => return Err(HeadError::Io(e)),
+            }
+            // read_more may have moved the data to the start; offsets are relative to pos.
+        }
+    }
+
+    /// Switches the socket to the body timeout.
+    pub fn body_mode(&mut self) -> io::Result<()> {
+        let t = self.io_timeout;
+        self.set_timeout(t)
+    }
+}
+
+impl<S: Timed + Read> Read for HeadReader<S> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(out.len());
+        out[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<S: Timed + Read> BufRead for HeadReader<S> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+            self.read_more(self.buf.len())?;
+        }
+        Ok(&self.buf[self.pos..self.end])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.end);
+    }
+}
+
+/// Whether an I/O error is a read/write timeout.
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads a response head from a buffered reader (the API server's side). 1xx heads other than
+/// 101 are skipped by the caller.
+pub fn read_response<R: BufRead>(
+    r: &mut R,
+    limits: &HeadLimits,
+) -> Result<ResponseHead, HeadError> {
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut total = 0usize;
+    let mut line = Vec::with_capacity(128);
+    loop {
+        line.clear();
+        let max = if lines.is_empty() {
+            limits.max_line
+        } else {
+            limits.max_header_bytes
+        };
+        match read_crlf_line(r, max, &mut line) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(if lines.is_empty() && line.is_empty() {
+                    HeadError::Closed
+                } else {
+                    HeadError::Bad("connection closed inside the response head")
+                })
+            }
+            Err(LineError::TooLong) => return Err(HeadError::HeadersTooLarge),
+            Err(LineError::Bad(why)) => return Err(HeadError::Bad(why)),
+            Err(LineError::Io(e)) => return Err(HeadError::Io(e)),
+        }
+        if line.is_empty() {
+            if lines.is_empty() {
+                return Err(HeadError::Bad("empty status line"));
+            }
+            break;
+        }
+        if !lines.is_empty() {
+            total += line.len() + 2;
+            if total > limits.max_header_bytes || lines.len() > limits.max_headers {
+                return Err(HeadError::HeadersTooLarge);
+            }
+        }
+        lines.push(line.clone());
+    }
+    let (version, status, reason) = parse_status_line(&lines[0]).map_err(HeadError::Bad)?;
+    let mut headers = Vec::with_capacity(lines.len() - 1);
+    for l in &lines[1..] {
+        headers.push(parse_header_line(l).map_err(HeadError::Bad)?);
+    }
+    Ok(ResponseHead {
+        version,
+        status,
+        reason,
+        headers,
+    })
+}
+
+enum LineError {
+    TooLong,
+    Bad(&'static str),
+    Io(io::Error),
+}
+
+/// Reads one CRLF-terminated line (without the CRLF) of at most `max` bytes into `out`.
+/// `Ok(false)` on EOF before the line ended.
+fn read_crlf_line<R: BufRead>(r: &mut R, max: usize, out: &mut Vec<u8>) -> Result<bool, LineError> {
+    loop {
+        let avail = match r.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(LineError::Io(e)),
+        };
+        if avail.is_empty() {
+            return Ok(false);
+        }
+        let (take, done) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (avail.len(), false),
+        };
+        if out.len() + take > max + 2 {
+            return Err(LineError::TooLong);
+        }
+        out.extend_from_slice(&avail[..take]);
+        r.consume(take);
+        if done {
+            out.pop();
+            if out.pop() != Some(b'\r') {
+                return Err(LineError::Bad("a line ends in a bare LF"));
+            }
+            if out.contains(&b'\r') {
+                return Err(LineError::Bad("a bare CR inside a line"));
+            }
+            return Ok(true);
+        }
+    }
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (responses only).
+    UntilClose,
+}
+
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// A request's body framing. Anything ambiguous is an error (400 and close): both
+/// `Content-Length` and `Transfer-Encoding`, more than one `Content-Length` (even equal ones),
+/// a length that is not plain digits, a transfer coding other than exactly `chunked`.
+pub fn request_framing(head: &RequestHead) -> Result<Framing, &'static str> {
+    let cl: Vec<&Header> = head.all("content-length").collect();
+    let te: Vec<&Header> = head.all("transfer-encoding").collect();
+    match (cl.len(), te.len()) {
+        (0, 0) => Ok(Framing::Empty),
+        (_, n) if n > 0 && !cl.is_empty() => Err("both Content-Length and Transfer-Encoding"),
+        (1, 0) => match parse_length(&cl[0].value) {
+            Some(0) => Ok(Framing::Empty),
+            Some(n) => Ok(Framing::Length(n)),
+            None => Err("invalid Content-Length"),
+        },
+        (_, 0) => Err("more than one Content-Length"),
+        (0, 1) => {
+            if head.version == Version::Http10 {
+                Err("Transfer-Encoding in an HTTP/1.0 request")
+            } else if te[0].value.eq_ignore_ascii_case(b"chunked") {
+                Ok(Framing::Chunked)
+            } else {
+                Err("unsupported Transfer-Encoding (only chunked is accepted)")
+            }
+        }
+        _ => Err("more than one Transfer-Encoding"),
+    }
+}
+
+/// A response's body framing (RFC 9112 6.3), given the request method.
+pub fn response_framing(method: &str, head: &ResponseHead) -> Result<Framing, &'static str> {
+    if method == "HEAD" || head.status < 200 || head.status == 204 || head.status == 304 {
+        return Ok(Framing::Empty);
+    }
+    let te: Vec<&Header> = head.all("transfer-encoding").collect();
+    if !te.is_empty() {
+        let last = te
+            .last()
+            .and_then(|h| h.value.rsplit(|&b| b == b',').next())
+            .map(|t| t.trim_ascii().to_ascii_lowercase());
+        return Ok(if last.as_deref() == Some(b"chunked".as_slice()) {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let cl: Vec<&Header> = head.all("content-length").collect();
+    match cl.len() {
+        0 => Ok(Framing::UntilClose),
+        1 => match parse_length(&cl[0].value) {
+            Some(n) => Ok(Framing::Length(n)),
+            None => Err("invalid Content-Length from upstream"),
+        },
+        _ => {
+            let first = parse_length(&cl[0].value);
+            if first.is_some() && cl.iter().all(|h| h.value == cl[0].value) {
+                Ok(Framing::Length(first.unwrap_or(0)))
+            } else {
+                Err("conflicting Content-Length from upstream")
+            }
+        }
+    }
+}
+
+const MAX_CHUNK_LINE: usize = 1024;
+const MAX_TRAILERS: usize = 8192;
+
+/// A reader whose buffered bytes can be looked at without reading more.
+pub trait Buffered: BufRead {
+    fn buffered(&self) -> &[u8];
+}
+
+impl<T: Read> Buffered for io::BufReader<T> {
+    fn buffered(&self) -> &[u8] {
+        self.buffer()
+    }
+}
+
+impl<S: Timed + Read> Buffered for HeadReader<S> {
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.pos..self.end]
+    }
+}
+
+/// What a body has next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// This many bytes of body at the start of the reader's buffer.
+    Data(usize),
+    /// The body is complete.
+    End,
+    /// Nothing buffered: the caller should flush what it wrote, then read more.
+    NeedInput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data,
+    DataCrlf,
+    Trailers,
+}
+
+/// A message body, decoded from its framing using only what the reader has buffered, so the
+/// caller decides when to block (after flushing: watch events must not sit in a buffer).
+pub struct Body {
+    framing: Framing,
+    /// Bytes left in the current chunk (chunked) or the body (length).
+    remaining: u64,
+    chunk: Chunk,
+    line: Vec<u8>,
+    trailer_bytes: usize,
+    done: bool,
+}
+
+/// Why a body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Malformed framing from the peer.
+    Bad(&'static str),
+    /// The peer closed early.
+    Truncated,
+    Io(io::Error),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Bad(w) => write!(f, "malformed body framing: {w}"),
+            BodyError::Truncated => write!(f, "the body ended early (connection closed)"),
+            BodyError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl Body {
+    pub fn new(framing: Framing) -> Body {
+        let (remaining, done) = match framing {
+            Framing::Empty => (0, true),
+            Framing::Length(n) => (n, n == 0),
+            Framing::Chunked | Framing::UntilClose => (0, false),
+        };
+        Body {
+            framing,
+            remaining,
+            chunk: Chunk::Size,
+            line: Vec::new(),
+            trailer_bytes: 0,
+            done,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The next step, without reading from the socket.
+    pub fn step<R: Buffered>(&mut self, r: &mut R) -> Result<Step, BodyError> {
+        if self.done {
+            return Ok(Step::End);
+        }
+        let avail = r.buffered().len();
+        match self.framing {
+            Framing::Empty => Ok(Step::End),
+            Framing::Length(_) => Ok(if avail == 0 {
+                Step::NeedInput
+            } else {
+                Step::Data(avail.min(self.remaining as usize))
+            }),
+            Framing::UntilClose => Ok(if avail == 0 {
+                Step::NeedInput
+            } else {
+                Step::Data(avail)
+            }),
+            Framing::Chunked => loop {
+                if self.chunk == Chunk::Data {
+                    if self.remaining == 0 {
+                        self.chunk = Chunk::DataCrlf;
+                        continue;
+                    }
+                    let avail = r.buffered().len();
+                    return Ok(if avail == 0 {
+                        Step::NeedInput
+                    } else {
+                        Step::Data(avail.min(self.remaining as usize))
+                    });
+                }
+                if !take_line(r, &mut self.line)? {
+                    return Ok(Step::NeedInput);
+                }
+                match self.chunk {
+                    Chunk::DataCrlf => {
+                        if !self.line.is_empty() {
+                            return Err(BodyError::Bad("chunk data longer than its size"));
+                        }
+                        self.chunk = Chunk::Size;
+                    }
+                    Chunk::Size => {
+                        let size = parse_chunk_size(&self.line)?;
+                        if size == 0 {
+                            self.chunk = Chunk::Trailers;
+                        } else {
+                            self.remaining = size;
+                            self.chunk = Chunk::Data;
+                        }
+                    }
+                    Chunk::Trailers => {
+                        if self.line.is_empty() {
+                            self.done = true;
+                            return Ok(Step::End);
+                        }
+                        parse_header_line(&self.line).map_err(BodyError::Bad)?;
+                        self.trailer_bytes += self.line.len();
+                        if self.trailer_bytes > MAX_TRAILERS {
+                            return Err(BodyError::Bad("trailers too large"));
+                        }
+                    }
+                    Chunk::Data => {}
+                }
+                self.line.clear();
+            },
+        }
+    }
+
+    /// Marks `n` bytes of the last [`Step::Data`] as used.
+    pub fn consume<R: BufRead>(&mut self, r: &mut R, n: usize) {
+        r.consume(n);
+        match self.framing {
+            Framing::Length(_) => {
+                self.remaining -= n as u64;
+                if self.remaining == 0 {
+                    self.done = true;
+                }
+            }
+            Framing::Chunked => self.remaining -= n as u64,
+            _ => {}
+        }
+    }
+
+    /// The peer closed: the end of an "until close" body, a truncation otherwise.
+    pub fn at_eof(&mut self) -> Result<Step, BodyError> {
+        if self.framing == Framing::UntilClose {
+            self.done = true;
+            Ok(Step::End)
+        } else {
+            Err(BodyError::Truncated)
+        }
+    }
+
+    /// Like [`Body::step`] but reads (blocking) instead of returning [`Step::NeedInput`].
+    pub fn next<R: Buffered>(&mut self, r: &mut R) -> Result<Step, BodyError> {
+        loop {
+            match self.step(r)? {
+                Step::NeedInput => {
+                    if fill_more(r)? == 0 {
+                        return self.at_eof();
+                    }
+                }
+                s => return Ok(s),
+            }
+        }
+    }
+}
+
+/// Reads more into `r`'s buffer; the number of bytes now buffered (0 at EOF).
+pub fn fill_more<R: BufRead>(r: &mut R) -> Result<usize, BodyError> {
+    loop {
+        match r.fill_buf() {
+            Ok(b) => return Ok(b.len()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(BodyError::Io(e)),
+        }
+    }
+}
+
+/// Moves buffered bytes into `line` up to a LF. `Ok(true)` when the line is complete (CRLF
+/// removed); `Ok(false)` when more input is needed.
+fn take_line<R: Buffered>(r: &mut R, line: &mut Vec<u8>) -> Result<bool, BodyError> {
+    let avail = r.buffered();
+    let (take, done) = match avail.iter().position(|&b| b == b'\n') {
+        Some(i) => (i + 1, true),
+        None => (avail.len(), false),
+    };
+    if line.len() + take > MAX_CHUNK_LINE + 2 {
+        return Err(BodyError::Bad("chunk line too long"));
+    }
+    line.extend_from_slice(&avail[..take]);
+    r.consume(take);
+    if !done {
+        return Ok(false);
+    }
+    line.pop();
+    if line.pop() != Some(b'\r') {
+        return Err(BodyError::Bad("a line ends in a bare LF"));
+    }
+    if line.contains(&b'\r') {
+        return Err(BodyError::Bad("a bare CR inside a line"));
+    }
+    Ok(true)
+}
+
+fn parse_chunk_size(line: &[u8]) -> Result<u64, BodyError> {
+    let hex_end = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let (hex, rest) = line.split_at(hex_end);
+    if hex.is_empty() || hex.len() > 15 {
+        return Err(BodyError::Bad("invalid chunk size"));
+    }
+    // Only chunk extensions may follow: `;name[=value]`, optionally after whitespace.
+    let rest = rest.trim_ascii_start();
+    if !rest.is_empty() && (rest[0] != b';' || !rest.iter().all(|&b| is_value_byte(b))) {
+        return Err(BodyError::Bad("invalid chunk size"));
+    }
+    let s = std::str::from_utf8(hex).map_err(|_| BodyError::Bad("invalid chunk size"))?;
+    u64::from_str_radix(s, 16).map_err(|_| BodyError::Bad("invalid chunk size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// A `Timed` over bytes, delivering them in pieces of `step`.
+    struct Pieces {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+    }
+    impl Read for Pieces {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(out.len()).min(self.data.len() - self.at);
+            out[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+    impl Timed for Pieces {
+        fn set_timeout(&self, _: Option<Duration>) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_line: 100,
+        max_header_bytes: 200,
+        max_headers: 5,
+    };
+
+    fn parse_steps(raw: &[u8], step: usize) -> Result<(RequestHead, Vec<u8>), HeadError> {
+        let mut r = HeadReader::new(
+            Pieces {
+                data: raw.to_vec(),
+                at: 0,
+                step,
+            },
+            Duration::from_secs(1),
+        );
+        let head = r.read_request(&LIMITS, Duration::from_secs(1), Duration::from_secs(1))?;
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        Ok((head, rest))
+    }
+
+    fn parse(raw: &[u8]) -> Result<RequestHead, HeadError> {
+        let a = parse_steps(raw, 1 << 20);
+        let b = parse_steps(raw, 1);
+        // Byte-at-a-time delivery must give the same answer.
+        assert_eq!(
+            format!("{:?}", a.as_ref().map(|x| &x.0)),
+            format!("{:?}", b.as_ref().map(|x| &x.0))
+        );
+        a.map(|x| x.0)
+    }
+
+    fn bad(raw: &[u8]) -> &'static str {
+        match parse(raw) {
+            Err(HeadError::Bad(w)) => w,
+            other => panic!(
+                "expected Bad for {:?}, got {other:?}",
+                String::from_utf8_lossy(raw)
+            ),
+        }
+    }
+
+    #[test]
+    fn parses_a_curl_request_and_keeps_the_body() {
+        let raw = b"POST /api/v1/namespaces/x/configmaps?dryRun=All HTTP/1.1\r\nHost: localhost\r\nX-Aws-Eks-Identity-Arn:  arn:aws:iam::1:user/a \r\nContent-Length: 2\r\n\r\n{}";
+        let (h, rest) = parse_steps(raw, 3).unwrap();
+        assert_eq!(h.method, "POST");
+        assert_eq!(h.target, "/api/v1/namespaces/x/configmaps?dryRun=All");
+        assert_eq!(h.path(), "/api/v1/namespaces/x/configmaps");
+        assert_eq!(h.version, Version::Http11);
+        let id: Vec<_> = h.all("x-aws-eks-identity-arn").collect();
+        assert_eq!(id.len(), 1);
+        assert_eq!(id[0].value, b"arn:aws:iam::1:user/a");
+        assert_eq!(request_framing(&h), Ok(Framing::Length(2)));
+        assert_eq!(rest, b"{}");
+    }
+
+    #[test]
+    fn rejects_smuggling_shapes() {
+        assert_eq!(
+            bad(b"GET / HTTP/1.1\nHost: a\r\n\r\n"),
+            "a line ends in a bare LF"
+        );
+        assert_eq!(
+            bad(b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n"),
+            "a line ends in a bare LF"
+        );
+        assert_eq!(
+            bad(b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n"),
+            "obsolete line folding"
+        );
+        assert_eq!(
+            bad(b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n"),
+            "control byte in a header value"
+        );
+        assert_eq!(
+            bad(b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n"),
+            "control byte in a header value"
+        );
+        assert_eq!(
+            bad(b"GET / HTTP/1.1\r\nX: a\x7fb\r\n\r\n"),
+            "control byte in a header value"
+        );
+        assert_eq!(
+            bad(b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n"),
+            "a bare CR inside a line"
+        );
+        assert!(bad(b"GET / HTTP/1.1\r\nX : a\r\n\r\n").contains("header name"));
+        assert_eq!(bad(b"GET / HTTP/1.1\r\n: a\r\n\r\n"), "empty header name");
+        assert_eq!(
+            bad(b"GET / HTTP/1.1\r\nnocolon\r\n\r\n"),
+            "header line without a colon"
+        );
+        assert!(bad(b"GET http://x/ HTTP/1.1\r\n\r\n").contains("target"));
+        assert!(bad(b"GET /a b HTTP/1.1\r\n\r\n").contains("extra spaces"));
+        assert!(bad(b"GET /a\x01 HTTP/1.1\r\n\r\n").contains("target"));
+        assert!(bad(b"GET / HTTP/2.0\r\n\r\n").contains("version"));
+        assert!(bad(b"G(T / HTTP/1.1\r\n\r\n").contains("method"));
+        assert!(bad(b"GET / HTTP/1.1\r\nHost: a\r\n").contains("closed inside"));
+    }
+
+    #[test]
+    fn limits_give_414_and_431() {
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(200));
+        assert!(matches!(
+            parse(long.as_bytes()),
+            Err(HeadError::LineTooLong)
+        ));
+        // Even when the line never ends.
+        let endless = format!("GET /{}", "a".repeat(500));
+        assert!(matches!(
+            parse(endless.as_bytes()),
+            Err(HeadError::LineTooLong)
+        ));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(300));
+        assert!(matches!(
+            parse(big.as_bytes()),
+            Err(HeadError::HeadersTooLarge)
+        ));
+        let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(300));
+        assert!(matches!(
+            parse(endless.as_bytes()),
+            Err(HeadError::HeadersTooLarge)
+        ));
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(6));
+        assert!(matches!(
+            parse(many.as_bytes()),
+            Err(HeadError::HeadersTooLarge)
+        ));
+        let ok = format!("GET / HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(5));
+        assert!(parse(ok.as_bytes()).is_ok());
+        assert_eq!(HeadError::LineTooLong.status(), Some(414));
+        assert_eq!(HeadError::HeadersTooLarge.status(), Some(431));
+    }
+
+    #[test]
+    fn closed_before_a_byte_is_silent() {
+        assert!(matches!(parse(b""), Err(HeadError::Closed)));
+        assert_eq!(HeadError::Closed.status(), None);
+    }
+
+    #[test]
+    fn two_pipelined_requests() {
+        let raw = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut r = HeadReader::new(Cursor::new(raw.to_vec()), Duration::from_secs(1));
+        let d = Duration::from_secs(1);
+        assert_eq!(r.read_request(&LIMITS, d, d).unwrap().target, "/a");
+        assert_eq!(r.read_request(&LIMITS, d, d).unwrap().target, "/b");
+        assert!(matches!(
+            r.read_request(&LIMITS, d, d),
+            Err(HeadError::Closed)
+        ));
+    }
+
+    impl Timed for Cursor<Vec<u8>> {
+        fn set_timeout(&self, _: Option<Duration>) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn head(lines: &[&str]) -> RequestHead {
+        let raw = format!(
+            "POST / HTTP/1.1\r\n{}\r\n",
+            lines.iter().map(|l| format!("{l}\r\n")).collect::<String>()
+        );
+        parse(raw.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn request_framing_is_strict() {
+        assert_eq!(request_framing(&head(&[])), Ok(Framing::Empty));
+        assert_eq!(
+            request_framing(&head(&["Content-Length: 0"])),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            request_framing(&head(&["Transfer-Encoding: Chunked"])),
+            Ok(Framing::Chunked)
+        );
+        assert!(
+            request_framing(&head(&["Content-Length: 4", "Transfer-Encoding: chunked"])).is_err()
+        );
+        assert!(
+            request_framing(&head(&["transfer-encoding: chunked", "content-length: 4"])).is_err()
+        );
+        assert!(request_framing(&head(&["Content-Length: 2", "Content-Length: 5"])).is_err());
+        assert!(request_framing(&head(&["Content-Length: 2", "Content-Length: 2"])).is_err());
+        assert!(request_framing(&head(&["Content-Length: 2, 2"])).is_err());
+        assert!(request_framing(&head(&["Content-Length: +2"])).is_err());
+        assert!(request_framing(&head(&["Content-Length: 99999999999999999999"])).is_err());
+        assert!(request_framing(&head(&["Transfer-Encoding: gzip, chunked"])).is_err());
+        assert!(request_framing(&head(&[
+            "Transfer-Encoding: chunked",
+            "Transfer-Encoding: chunked"
+        ]))
+        .is_err());
+    }
+
+    fn read_body(framing: Framing, raw: &[u8]) -> Result<(Vec<u8>, Vec<u8>), BodyError> {
+        let mut r = io::BufReader::with_capacity(3, Cursor::new(raw.to_vec()));
+        let mut b = Body::new(framing);
+        let mut out = Vec::new();
+        while let Step::Data(n) = b.next(&mut r)? {
+            out.extend_from_slice(&r.buffer()[..n]);
+            b.consume(&mut r, n);
+        }
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        Ok((out, rest))
+    }
+
+    #[test]
+    fn step_never_blocks_and_asks_for_input_at_chunk_boundaries() {
+        // A whole chunk buffered, the next not yet sent: Data, then NeedInput (not a blocking read).
+        let mut r = io::BufReader::new(Cursor::new(b"5\r\nhello\r\n".to_vec()));
+        r.fill_buf().unwrap();
+        let mut b = Body::new(Framing::Chunked);
+        assert_eq!(b.step(&mut r).unwrap(), Step::Data(5));
+        b.consume(&mut r, 5);
+        assert_eq!(b.step(&mut r).unwrap(), Step::NeedInput);
+        assert_eq!(fill_more(&mut r).unwrap(), 0);
+        assert!(matches!(b.at_eof(), Err(BodyError::Truncated)));
+    }
+
+    #[test]
+    fn chunked_bodies_decode_and_leave_the_next_message() {
+        let (body, rest) = read_body(
+            Framing::Chunked,
+            b"5;ext=1\r\nhello\r\n1\r\n!\r\n0\r\nTrailer: x\r\n\r\nNEXT",
+        )
+        .unwrap();
+        assert_eq!(body, b"hello!");
+        assert_eq!(rest, b"NEXT");
+        assert!(matches!(
+            read_body(Framing::Chunked, b"5\r\nhelloXX\r\n0\r\n\r\n"),
+            Err(BodyError::Bad(_))
+        ));
+        assert!(matches!(
+            read_body(Framing::Chunked, b"5\nhello\r\n0\r\n\r\n"),
+            Err(BodyError::Bad(_))
+        ));
+        assert!(matches!(
+            read_body(Framing::Chunked, b"zz\r\n"),
+            Err(BodyError::Bad(_))
+        ));
+        assert!(matches!(
+            read_body(Framing::Chunked, b"-1\r\n"),
+            Err(BodyError::Bad(_))
+        ));
+        assert!(matches!(
+            read_body(Framing::Chunked, b"ffffffffffffffffff\r\n"),
+            Err(BodyError::Bad(_))
+        ));
+        assert!(matches!(
+            read_body(Framing::Chunked, b"5\r\nhel"),
+            Err(BodyError::Truncated)
+        ));
+        let (body, rest) = read_body(Framing::Length(3), b"abcdef").unwrap();
+        assert_eq!(
+            (body.as_slice(), rest.as_slice()),
+            (&b"abc"[..], &b"def"[..])
+        );
+        assert!(matches!(
+            read_body(Framing::Length(9), b"abc"),
+            Err(BodyError::Truncated)
+        ));
+        let (body, _) = read_body(Framing::UntilClose, b"all of it").unwrap();
+        assert_eq!(body, b"all of it");
+    }
+
+    #[test]
+    fn response_heads_and_framing() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let h = read_response(&mut Cursor::new(raw.to_vec()), &LIMITS).unwrap();
+        assert_eq!((h.status, h.reason.as_str()), (200, "OK"));
+        assert_eq!(response_framing("GET", &h), Ok(Framing::Chunked));
+        assert_eq!(response_framing("HEAD", &h), Ok(Framing::Empty));
+        let h = read_response(
+            &mut Cursor::new(b"HTTP/1.1 404 \r\nContent-Length: 7\r\n\r\n".to_vec()),
+            &LIMITS,
+        )
+        .unwrap();
+        assert_eq!(response_framing("GET", &h), Ok(Framing::Length(7)));
+        let h = read_response(&mut Cursor::new(b"HTTP/1.0 200\r\n\r\n".to_vec()), &LIMITS).unwrap();
+        assert_eq!(response_framing("GET", &h), Ok(Framing::UntilClose));
+        let h = read_response(
+            &mut Cursor::new(b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()),
+            &LIMITS,
+        )
+        .unwrap();
+        assert_eq!(response_framing("GET", &h), Ok(Framing::Empty));
+        assert!(matches!(
+            read_response(&mut Cursor::new(b"".to_vec()), &LIMITS),
+            Err(HeadError::Closed)
+        ));
+        assert!(matches!(
+            read_response(
+                &mut Cursor::new(b"HTTP/1.1 200 OK\nX: y\r\n\r\n".to_vec()),
+                &LIMITS
+            ),
+            Err(HeadError::Bad(_))
+        ));
+        assert!(matches!(
+            read_response(
+                &mut Cursor::new(b"HTTP/1.1 2x0 OK\r\n\r\n".to_vec()),
+                &LIMITS
+            ),
+            Err(HeadError::Bad(_))
+        ));
+    }
+}

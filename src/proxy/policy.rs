@@ -1,0 +1,563 @@
+//! Who a request runs as, and exactly which headers reach the API server. This is the security
+//! boundary: everything the client sent is dropped except a short allow-list, and the headers
+//! that carry authority (`Authorization`, `Impersonate-User`) are written by us alone.
+
+use super::http::{Framing, Header, RequestHead, ResponseHead};
+
+/// The client header naming the user to impersonate.
+pub const IDENTITY_HEADER: &str = "x-aws-eks-identity-arn";
+/// Longest identity we accept.
+pub const MAX_IDENTITY: usize = 2048;
+
+/// Client headers passed upstream unchanged (any case in, canonical case out).
+const FORWARDED: [&str; 4] = [
+    "Accept",
+    "Accept-Encoding",
+    "Content-Type",
+    "Content-Encoding",
+];
+
+/// Response headers that describe the connection, not the message: never passed back.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "proxy-authenticate",
+];
+
+/// Whom the API server should see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// Impersonate this user (the validated header value).
+    User(String),
+    /// The proxy's own service account: only ever for `GET /version`.
+    ServiceAccount,
+}
+
+impl Identity {
+    /// For the audit log.
+    pub fn describe(&self) -> &str {
+        match self {
+            Identity::User(u) => u,
+            Identity::ServiceAccount => "<serviceaccount:/version>",
+        }
+    }
+}
+
+/// A refusal: the status and a message for a Kubernetes `Status` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: u16, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// Refuses upgrades (exec, attach, port-forward): keeping an authenticated upstream connection
+/// open for another protocol is how CVE-2018-1002105 happened, and we do not support it yet.
+pub fn check_upgrade(head: &RequestHead) -> Result<(), Refusal> {
+    if head.all("upgrade").next().is_some() || head.lists_token("connection", "upgrade") {
+        return Err(Refusal::new(
+            501,
+            "connection upgrades (exec, attach, port-forward) are not supported by eks-connector",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks what RFC 9112 requires of every HTTP/1.1 request: exactly one valid `Host`.
+pub fn check_host(head: &RequestHead) -> Result<(), Refusal> {
+    let hosts: Vec<&Header> = head.all("host").collect();
+    match (head.version, hosts.len()) {
+        (_, n) if n > 1 => Err(Refusal::new(400, "more than one Host header")),
+        (super::http::Version::Http11, 0) => Err(Refusal::new(400, "missing Host header")),
+        _ => Ok(()),
+    }
+}
+
+/// Decides the identity: exactly one non-empty, valid `x-aws-eks-identity-arn`, or — for
+/// `GET /version` only — none at all. Fails closed: a missing or empty identity never runs as
+/// the proxy's service account anywhere else.
+pub fn identity(head: &RequestHead) -> Result<Identity, Refusal> {
+    let values: Vec<&Header> = head.all(IDENTITY_HEADER).collect();
+    if values.len() > 1 {
+        return Err(Refusal::new(
+            400,
+            format!("more than one {IDENTITY_HEADER} header"),
+        ));
+    }
+    let value = values
+        .first()
+        .map(|h| h.value.as_slice())
+        .unwrap_or_default();
+    if value.is_empty() {
+        if head.method == "GET" && head.path() == "/version" {
+            return Ok(Identity::ServiceAccount);
+        }
+        return Err(Refusal::new(
+            401,
+            format!("the {IDENTITY_HEADER} header is missing or empty: requests must name the identity to act as"),
+        ));
+    }
+    if value.len() > MAX_IDENTITY {
+        return Err(Refusal::new(
+            400,
+            format!("the {IDENTITY_HEADER} header is longer than {MAX_IDENTITY} bytes"),
+        ));
+    }
+    if !value.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(Refusal::new(
+            400,
+            format!("the {IDENTITY_HEADER} header must be printable ASCII without spaces"),
+        ));
+    }
+    // All bytes are ASCII.
+    Ok(Identity::User(String::from_utf8_lossy(value).into_owned()))
+}
+
+/// The `Expect` header: `Ok(true)` for `100-continue`, an error for anything else.
+pub fn expects_continue(head: &RequestHead) -> Result<bool, Refusal> {
+    let mut want = false;
+    for h in head.all("expect") {
+        if h.value.eq_ignore_ascii_case(b"100-continue") {
+            want = true;
+        } else {
+            return Err(Refusal::new(417, "only Expect: 100-continue is supported"));
+        }
+    }
+    Ok(want && head.version == super::http::Version::Http11)
+}
+
+/// Whether a token is safe to put in a header line (no CR/LF/control bytes, no spaces).
+pub fn valid_token(token: &[u8]) -> bool {
+    !token.is_empty() && token.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// The request head sent upstream. Only our headers and the allow-listed client headers; the
+/// body framing is ours (`Content-Length` or chunked), whatever the client used.
+pub fn upstream_head(
+    head: &RequestHead,
+    host: &str,
+    token: &[u8],
+    identity: &Identity,
+    framing: Framing,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512 + token.len());
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\nAuthorization: Bearer ");
+    out.extend_from_slice(token);
+    out.extend_from_slice(b"\r\n");
+    if let Identity::User(user) = identity {
+        out.extend_from_slice(b"Impersonate-User: ");
+        out.extend_from_slice(user.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"User-Agent: eks-connector/");
+    out.extend_from_slice(crate::VERSION.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for name in FORWARDED {
+        for h in head.all(name) {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    match framing {
+        Framing::Empty => {
+            // A body-less method needs no framing; others say so explicitly.
+            if !matches!(head.method.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS") {
+                out.extend_from_slice(b"Content-Length: 0\r\n");
+            }
+        }
+        Framing::Length(n) => {
+            out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
+        }
+        Framing::Chunked | Framing::UntilClose => {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// The response head sent to the client: the API server's status and end-to-end headers, with
+/// our own framing and connection handling.
+pub fn client_head(resp: &ResponseHead, framing: ClientFraming, close: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", resp.status, resp.reason).as_bytes());
+    // Headers the API server lists in its Connection header are hop-by-hop too.
+    let listed: Vec<Vec<u8>> = resp
+        .all("connection")
+        .flat_map(|h| {
+            h.value
+                .split(|&b| b == b',')
+                .map(|t| t.trim_ascii().to_ascii_lowercase())
+        })
+        .collect();
+    for h in &resp.headers {
+        let lower = h.name.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&lower.as_str()) || listed.iter().any(|l| l == lower.as_bytes()) {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        ClientFraming::None => {}
+        ClientFraming::Length(n) => {
+            out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes())
+        }
+        ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// How we frame a response body towards the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFraming {
+    /// No framing header: no body, or a body delimited by closing (HTTP/1.0 clients).
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// The original connector's 502 body, byte for byte (clients may match on it).
+pub const BODY_502: &str = "{\"status\": 502, \"message\": \"eks connector failed to proxy the request to kubernetes api. check eks connector logs for details.\"}";
+
+/// The standard reason phrase.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        408 => "Request Timeout",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// A Kubernetes `Status` object (what kubectl and client-go understand) for our own refusals.
+pub fn status_body(status: u16, message: &str) -> String {
+    let reason = match status {
+        400 | 417 => "BadRequest",
+        401 => "Unauthorized",
+        408 => "Timeout",
+        414 | 431 => "RequestEntityTooLarge",
+        503 => "ServiceUnavailable",
+        _ => "InternalError",
+    };
+    serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": status,
+    })
+    .to_string()
+}
+
+/// A complete response of ours (a refusal or the 502), with `Content-Length`.
+pub fn simple_response(status: u16, body: &str, close: bool, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        reason(status),
+        body.len()
+    );
+    for (k, v) in extra {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if close {
+        out.push_str("Connection: close\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::http::Version;
+    use super::*;
+
+    fn req(method: &str, target: &str, headers: &[(&str, &[u8])]) -> RequestHead {
+        RequestHead {
+            method: method.into(),
+            target: target.into(),
+            version: Version::Http11,
+            headers: headers
+                .iter()
+                .map(|(n, v)| Header {
+                    name: n.to_string(),
+                    value: v.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    const ARN: &[u8] = b"arn:aws:iam::123456789012:user/alice";
+
+    #[test]
+    fn identity_is_required_except_for_get_version() {
+        let r = req("GET", "/api/v1/pods", &[]);
+        assert_eq!(identity(&r).unwrap_err().status, 401);
+        let r = req("GET", "/api/v1/pods", &[("X-AWS-EKS-Identity-ARN", b"")]);
+        assert_eq!(identity(&r).unwrap_err().status, 401);
+        assert_eq!(
+            identity(&req("GET", "/version", &[])),
+            Ok(Identity::ServiceAccount)
+        );
+        assert_eq!(
+            identity(&req("GET", "/version?timeout=32s", &[])),
+            Ok(Identity::ServiceAccount)
+        );
+        assert_eq!(
+            identity(&req("POST", "/version", &[])).unwrap_err().status,
+            401
+        );
+        assert_eq!(
+            identity(&req("GET", "/version/x", &[])).unwrap_err().status,
+            401
+        );
+        assert_eq!(
+            identity(&req("GET", "/versions", &[])).unwrap_err().status,
+            401
+        );
+        let r = req("GET", "/version", &[("x-aws-eks-identity-arn", ARN)]);
+        assert_eq!(
+            identity(&r),
+            Ok(Identity::User(String::from_utf8(ARN.to_vec()).unwrap()))
+        );
+    }
+
+    #[test]
+    fn identity_must_be_single_printable_and_bounded() {
+        let two = req(
+            "GET",
+            "/",
+            &[
+                ("x-aws-eks-identity-arn", ARN),
+                ("X-Aws-Eks-Identity-Arn", ARN),
+            ],
+        );
+        assert_eq!(identity(&two).unwrap_err().status, 400);
+        for bad in [
+            &b"a b"[..],
+            b"a\tb",
+            b"a\x00b",
+            b"a\rb",
+            b"a\nb",
+            b"a\x7fb",
+            "é".as_bytes(),
+        ] {
+            let r = req("GET", "/", &[("x-aws-eks-identity-arn", bad)]);
+            assert_eq!(identity(&r).unwrap_err().status, 400, "{bad:?}");
+        }
+        let long = vec![b'a'; MAX_IDENTITY + 1];
+        assert_eq!(
+            identity(&req("GET", "/", &[("x-aws-eks-identity-arn", &long)]))
+                .unwrap_err()
+                .status,
+            400
+        );
+        let max = vec![b'a'; MAX_IDENTITY];
+        assert!(identity(&req("GET", "/", &[("x-aws-eks-identity-arn", &max)])).is_ok());
+    }
+
+    #[test]
+    fn only_allow_listed_headers_reach_upstream() {
+        let r = req(
+            "POST",
+            "/api/v1/namespaces/a/configmaps?x=1",
+            &[
+                ("Host", b"localhost"),
+                ("x-aws-eks-identity-arn", ARN),
+                ("Impersonate-Group", b"system:masters"),
+                ("impersonate-user", b"admin"),
+                ("IMPERSONATE-UID", b"1"),
+                ("Impersonate-Extra-Scopes", b"x"),
+                ("Authorization", b"Bearer stolen"),
+                ("Proxy-Authorization", b"Basic x"),
+                ("Cookie", b"a=b"),
+                ("X-Forwarded-For", b"1.2.3.4"),
+                ("Connection", b"Impersonate-User, Authorization"),
+                ("accept", b"application/json;as=Table;v=v1;g=meta.k8s.io"),
+                ("Content-Type", b"application/json"),
+                ("Content-Length", b"2"),
+                ("Transfer-Encoding", b"chunked"),
+            ],
+        );
+        let out = upstream_head(
+            &r,
+            "kubernetes.default.svc:443",
+            b"tok",
+            &identity(&r).unwrap(),
+            Framing::Length(2),
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "POST /api/v1/namespaces/a/configmaps?x=1 HTTP/1.1\r\nHost: kubernetes.default.svc:443\r\n\
+                 Authorization: Bearer tok\r\nImpersonate-User: arn:aws:iam::123456789012:user/alice\r\n\
+                 User-Agent: eks-connector/{}\r\nAccept: application/json;as=Table;v=v1;g=meta.k8s.io\r\n\
+                 Content-Type: application/json\r\nContent-Length: 2\r\n\r\n",
+                crate::VERSION
+            )
+        );
+    }
+
+    #[test]
+    fn version_as_service_account_has_no_impersonation_and_chunked_is_ours() {
+        let r = req("GET", "/version", &[("Host", b"x")]);
+        let text = String::from_utf8(upstream_head(
+            &r,
+            "h",
+            b"t",
+            &Identity::ServiceAccount,
+            Framing::Empty,
+        ))
+        .unwrap();
+        assert!(!text.to_ascii_lowercase().contains("impersonate"));
+        assert!(!text.contains("Content-Length"));
+        let r = req("PUT", "/x", &[]);
+        let text = String::from_utf8(upstream_head(
+            &r,
+            "h",
+            b"t",
+            &Identity::ServiceAccount,
+            Framing::Chunked,
+        ))
+        .unwrap();
+        assert!(text.contains("Transfer-Encoding: chunked\r\n"));
+        let text = String::from_utf8(upstream_head(
+            &r,
+            "h",
+            b"t",
+            &Identity::ServiceAccount,
+            Framing::Empty,
+        ))
+        .unwrap();
+        assert!(text.contains("Content-Length: 0\r\n"));
+    }
+
+    #[test]
+    fn upgrades_and_expectations() {
+        assert_eq!(
+            check_upgrade(&req("GET", "/", &[("Upgrade", b"SPDY/3.1")]))
+                .unwrap_err()
+                .status,
+            501
+        );
+        assert_eq!(
+            check_upgrade(&req("GET", "/", &[("Connection", b"keep-alive, Upgrade")]))
+                .unwrap_err()
+                .status,
+            501
+        );
+        assert!(check_upgrade(&req("GET", "/", &[("Connection", b"keep-alive")])).is_ok());
+        assert_eq!(
+            expects_continue(&req("POST", "/", &[("Expect", b"100-Continue")])),
+            Ok(true)
+        );
+        assert_eq!(
+            expects_continue(&req("POST", "/", &[("Expect", b"magic")]))
+                .unwrap_err()
+                .status,
+            417
+        );
+        assert_eq!(check_host(&req("GET", "/", &[])).unwrap_err().status, 400);
+        assert_eq!(
+            check_host(&req("GET", "/", &[("Host", b"a"), ("host", b"b")]))
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+
+    #[test]
+    fn response_headers_lose_hop_by_hop_ones() {
+        let resp = ResponseHead {
+            version: Version::Http11,
+            status: 200,
+            reason: "OK".into(),
+            headers: vec![
+                Header {
+                    name: "Content-Type".into(),
+                    value: b"application/json".to_vec(),
+                },
+                Header {
+                    name: "Audit-Id".into(),
+                    value: b"abc".to_vec(),
+                },
+                Header {
+                    name: "Connection".into(),
+                    value: b"X-Secret".to_vec(),
+                },
+                Header {
+                    name: "X-Secret".into(),
+                    value: b"1".to_vec(),
+                },
+                Header {
+                    name: "Transfer-Encoding".into(),
+                    value: b"chunked".to_vec(),
+                },
+                Header {
+                    name: "Content-Length".into(),
+                    value: b"5".to_vec(),
+                },
+            ],
+        };
+        let text = String::from_utf8(client_head(&resp, ClientFraming::Chunked, true)).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nAudit-Id: abc\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn status_bodies_are_kubernetes_status_objects() {
+        let v: serde_json::Value =
+            serde_json::from_str(&status_body(401, "no \"identity\"")).unwrap();
+        assert_eq!(v["kind"], "Status");
+        assert_eq!(v["code"], 401);
+        assert_eq!(v["reason"], "Unauthorized");
+        assert_eq!(v["message"], "no \"identity\"");
+        let r = String::from_utf8(simple_response(502, BODY_502, true, &[])).unwrap();
+        assert!(r.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+        assert!(r.ends_with(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n{BODY_502}",
+            BODY_502.len()
+        )));
+    }
+}
