@@ -293,3 +293,87 @@ fn unreadable_ca_bundle_is_a_config_error() {
         e.to_string().contains("AWS_CA_BUNDLE") && e.to_string().contains("/nonexistent/ca.pem")
     );
 }
+
+/// The stand-in itself must refuse what AWS refuses, or the tests above prove nothing.
+#[test]
+fn the_stand_in_rejects_what_aws_would() {
+    let stub = Stub::start(ID, CODE);
+    let certs = eks_connector::tls::load_pem_certs(&pki().ca).unwrap();
+    let tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .root_certs(eks_connector::tls::to_ureq_roots(&certs))
+        .build();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .user_agent("eks-connector/test")
+        .build()
+        .into();
+    let good = serde_json::json!({
+        "ActivationCode": CODE, "ActivationId": ID,
+        "Fingerprint": "0f8fad5b-d9cb-469f-a165-70867728950e",
+        "PublicKey": public_key_b64(), "PublicKeyType": "Rsa"
+    });
+    let short_key = {
+        let k = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 1024).unwrap();
+        base64::engine::general_purpose::STANDARD
+            .encode(k.to_public_key().to_public_key_der().unwrap().as_bytes())
+    };
+    let cases: Vec<(&str, &str, serde_json::Value, &str)> = vec![
+        (
+            "AmazonSSM.RegisterInstance",
+            ssm::CONTENT_TYPE,
+            good.clone(),
+            "X-Amz-Target",
+        ),
+        (
+            ssm::TARGET,
+            "application/json",
+            good.clone(),
+            "Content-Type",
+        ),
+        (
+            ssm::TARGET,
+            ssm::CONTENT_TYPE,
+            {
+                let mut b = good.clone();
+                b["PublicKey"] = short_key.into();
+                b
+            },
+            "PublicKey",
+        ),
+        (
+            ssm::TARGET,
+            ssm::CONTENT_TYPE,
+            {
+                let mut b = good.clone();
+                b["Fingerprint"] = "not-a-uuid".into();
+                b
+            },
+            "Fingerprint",
+        ),
+        (
+            ssm::TARGET,
+            ssm::CONTENT_TYPE,
+            {
+                let mut b = good.clone();
+                b.as_object_mut().unwrap().remove("PublicKeyType");
+                b
+            },
+            "body fields",
+        ),
+    ];
+    for (i, (target, ctype, body, what)) in cases.into_iter().enumerate() {
+        let resp = agent
+            .post(&format!("{}/", stub.url()))
+            .header("X-Amz-Target", target)
+            .header("Content-Type", ctype)
+            .send(serde_json::to_vec(&body).unwrap().as_slice())
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{what}");
+        let v = stub.violations();
+        assert!(v.len() > i, "{what} not flagged: {v:?}");
+        assert!(v.iter().any(|m| m.contains(what)), "{what}: {v:?}");
+    }
+    assert!(stub.registrations().is_empty());
+}
