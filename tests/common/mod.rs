@@ -43,10 +43,14 @@ pub fn repo_root() -> PathBuf {
 
 /// Removes data directories left by earlier test processes that are gone.
 fn sweep_stale_dirs(base: &Path) {
-    let Ok(entries) = std::fs::read_dir(base) else { return };
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("eks-connector-kube-") else { continue };
+        let Some(rest) = name.strip_prefix("eks-connector-kube-") else {
+            continue;
+        };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
@@ -262,7 +266,11 @@ impl TestNamespace {
                 Some(&json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}})),
             )
             .unwrap_or_else(|e| panic!("create serviceaccount {sa}: {e}"));
-        let dir = self.cluster.dir.join("sa").join(format!("{}-{sa}", self.name));
+        let dir = self
+            .cluster
+            .dir
+            .join("sa")
+            .join(format!("{}-{sa}", self.name));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("token"), self.token_for(sa, 3600)).unwrap();
         std::fs::copy(self.cluster.ca_path(), dir.join("ca.crt")).unwrap();
@@ -331,8 +339,10 @@ impl TestNamespace {
                 .admin_request(
                     "POST",
                     "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-                    Some(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                                 "metadata": {"name": role_name}, "rules": rules})),
+                    Some(
+                        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                                 "metadata": {"name": role_name}, "rules": rules}),
+                    ),
                 )
                 .unwrap_or_else(|e| panic!("create clusterrole {role_name}: {e}"));
             role_name
@@ -385,7 +395,10 @@ impl TestNamespace {
         let text = std::fs::read_to_string(path)
             .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         let role: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!("{} must be JSON-style YAML for the tests: {e}", path.display())
+            panic!(
+                "{} must be JSON-style YAML for the tests: {e}",
+                path.display()
+            )
         });
         let name = role["metadata"]["name"].as_str().unwrap().to_string();
         self.create_role(&name, role["rules"].clone());
