@@ -54,7 +54,9 @@ impl Flags {
             for (flag, help) in &flags_lines {
                 s.push_str(&format!("  {flag:<34} {help}\n"));
             }
-            s.push_str("  --help, --version\n\nLogging: RUST_LOG=info|debug|trace (default info)\n");
+            s.push_str(
+                "  --help, --version\n\nLogging: RUST_LOG=info|debug|trace (default info)\n",
+            );
             return Start::Print(s);
         }
         if args.contains("--version") {
@@ -86,7 +88,9 @@ impl Flags {
     /// person meant.
     pub fn string(&mut self, name: &'static str) -> Result<Option<String>, UsageError> {
         match self.args.opt_value_from_str::<_, String>(name) {
-            Ok(Some(v)) if v.is_empty() => Err(self.error(name, format!("{name} has an empty value"))),
+            Ok(Some(v)) if v.is_empty() => {
+                Err(self.error(name, format!("{name} has an empty value")))
+            }
             Ok(v) => Ok(v),
             Err(e) => Err(self.error(name, describe(name, e))),
         }
@@ -108,12 +112,18 @@ impl Flags {
     }
 
     /// A duration flag such as `20s`, `500ms`, `2m` or a bare number of seconds.
-    pub fn duration(&mut self, name: &'static str) -> Result<Option<std::time::Duration>, UsageError> {
+    pub fn duration(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Option<std::time::Duration>, UsageError> {
         match self.string(name)? {
             None => Ok(None),
-            Some(v) => parse_duration(&v)
-                .map(Some)
-                .ok_or_else(|| self.error(name, format!("{name}={v:?} is not a duration like 20s, 500ms or 2m"))),
+            Some(v) => parse_duration(&v).map(Some).ok_or_else(|| {
+                self.error(
+                    name,
+                    format!("{name}={v:?} is not a duration like 20s, 500ms or 2m"),
+                )
+            }),
         }
     }
 
@@ -212,7 +222,10 @@ mod tests {
         match Flags::new(
             "prog",
             "about",
-            &[("--agent.region REGION", "AWS region"), ("--n N", "a number")],
+            &[
+                ("--agent.region REGION", "AWS region"),
+                ("--n N", "a number"),
+            ],
             args.iter().map(OsString::from).collect(),
         ) {
             Start::Run(f) => f,
@@ -223,9 +236,15 @@ mod tests {
     #[test]
     fn both_flag_styles_parse() {
         let mut f = flags(&["--agent.region=eu-west-1"]);
-        assert_eq!(f.string("--agent.region").unwrap().as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            f.string("--agent.region").unwrap().as_deref(),
+            Some("eu-west-1")
+        );
         let mut f = flags(&["--agent.region", "eu-west-1"]);
-        assert_eq!(f.string("--agent.region").unwrap().as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            f.string("--agent.region").unwrap().as_deref(),
+            Some("eu-west-1")
+        );
     }
 
     #[test]
@@ -255,9 +274,18 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("20s"), Some(std::time::Duration::from_secs(20)));
-        assert_eq!(parse_duration("500ms"), Some(std::time::Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Some(std::time::Duration::from_secs(120)));
+        assert_eq!(
+            parse_duration("20s"),
+            Some(std::time::Duration::from_secs(20))
+        );
+        assert_eq!(
+            parse_duration("500ms"),
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_duration("2m"),
+            Some(std::time::Duration::from_secs(120))
+        );
         assert_eq!(parse_duration("7"), Some(std::time::Duration::from_secs(7)));
         assert_eq!(parse_duration("x"), None);
         assert_eq!(parse_duration("-1s"), None);

@@ -143,7 +143,10 @@ mod tests {
         .unwrap();
         assert!(get(addr, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
         let r = get(addr, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert!(r.starts_with("HTTP/1.1 503") && r.contains("secret not in sync"), "{r}");
+        assert!(
+            r.starts_with("HTTP/1.1 503") && r.contains("secret not in sync"),
+            "{r}"
+        );
         flag.store(true, Ordering::SeqCst);
         assert!(get(addr, b"GET /readyz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
         assert!(get(addr, b"GET /x HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));

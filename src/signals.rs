@@ -87,7 +87,16 @@ pub fn reset_for_child() -> io::Result<()> {
         if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
             return Err(io::Error::last_os_error());
         }
-        for s in [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCHLD, libc::SIGPIPE] {
+        for s in [
+            SIGTERM,
+            SIGINT,
+            SIGHUP,
+            SIGQUIT,
+            SIGUSR1,
+            SIGUSR2,
+            SIGCHLD,
+            libc::SIGPIPE,
+        ] {
             libc::signal(s, libc::SIG_DFL);
         }
     }

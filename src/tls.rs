@@ -15,7 +15,10 @@ use rustls::{ClientConfig, RootCertStore};
 #[derive(Debug)]
 pub enum TlsError {
     /// The PEM file could not be read at all.
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The file was read but holds no usable certificate.
     NoCertificates { path: PathBuf, detail: String },
     /// The host is neither a DNS name nor an IP address rustls can verify.
@@ -133,7 +136,10 @@ mod tests {
 
     #[test]
     fn ip_literals_become_ip_server_names() {
-        assert!(matches!(server_name("127.0.0.1"), Ok(ServerName::IpAddress(_))));
+        assert!(matches!(
+            server_name("127.0.0.1"),
+            Ok(ServerName::IpAddress(_))
+        ));
         assert!(matches!(server_name("[::1]"), Ok(ServerName::IpAddress(_))));
         assert!(matches!(server_name("::1"), Ok(ServerName::IpAddress(_))));
         assert!(matches!(

@@ -98,7 +98,11 @@ impl WatchedFile {
         }
         let bytes = Arc::new(bytes);
         let unchanged = guard.as_ref().is_some_and(|c| *c.bytes == *bytes);
-        let generation = if unchanged { generation - 1 } else { generation };
+        let generation = if unchanged {
+            generation - 1
+        } else {
+            generation
+        };
         *guard = Some(Cached {
             stamp: before,
             bytes: bytes.clone(),

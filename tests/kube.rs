@@ -83,10 +83,16 @@ fn stale_resource_version_is_a_conflict_unless_replace_is_chosen() {
         }
         other => panic!("expected Conflict, got {other:?}"),
     }
-    assert_eq!(client.get_secret(&ns.name, "state").unwrap().data["k"], b"v2");
+    assert_eq!(
+        client.get_secret(&ns.name, "state").unwrap().data["k"],
+        b"v2"
+    );
     let replaced = client.update_secret(&stale, OnConflict::Replace).unwrap();
     assert_eq!(replaced.data["k"], b"v3");
-    assert_eq!(client.get_secret(&ns.name, "state").unwrap().data["k"], b"v3");
+    assert_eq!(
+        client.get_secret(&ns.name, "state").unwrap().data["k"],
+        b"v3"
+    );
 }
 
 #[test]
@@ -101,7 +107,10 @@ fn update_without_the_verb_is_forbidden_with_the_servers_message() {
     let created = client.create_secret(&s).unwrap();
     match client.update_secret(&created, OnConflict::Fail) {
         Err(KubeError::Forbidden { message }) => {
-            assert!(message.contains("cannot update resource \"secrets\""), "{message}");
+            assert!(
+                message.contains("cannot update resource \"secrets\""),
+                "{message}"
+            );
             assert!(message.contains(&format!("system:serviceaccount:{}:connector", ns.name)));
         }
         other => panic!("expected Forbidden, got {other:?}"),
@@ -124,7 +133,9 @@ fn wrong_or_revoked_token_is_unauthorized() {
     }
     // A token whose ServiceAccount was deleted is revoked at once.
     let dir = ns.create_sa("shortlived");
-    ns.client_for(&dir).server_version().expect("valid before deletion");
+    ns.client_for(&dir)
+        .server_version()
+        .expect("valid before deletion");
     env.admin_request(
         "DELETE",
         &format!("/api/v1/namespaces/{}/serviceaccounts/shortlived", ns.name),
@@ -137,7 +148,10 @@ fn wrong_or_revoked_token_is_unauthorized() {
             _ => None,
         }
     });
-    assert!(revoked.is_some(), "token of a deleted ServiceAccount still accepted");
+    assert!(
+        revoked.is_some(),
+        "token of a deleted ServiceAccount still accepted"
+    );
 }
 
 #[test]
@@ -160,7 +174,9 @@ fn a_rotated_token_file_is_picked_up_without_a_new_client() {
     let tmp = ns.sa_dir.join("token.tmp");
     std::fs::copy(reader_dir.join("token"), &tmp).unwrap();
     std::fs::rename(&tmp, ns.sa_dir.join("token")).unwrap();
-    let ok = common::wait_for(Duration::from_secs(5), || client.get_secret(&ns.name, "s").ok());
+    let ok = common::wait_for(Duration::from_secs(5), || {
+        client.get_secret(&ns.name, "s").ok()
+    });
     assert_eq!(ok.expect("new token never used").data["k"], b"v");
 }
 
@@ -173,7 +189,17 @@ fn untrusted_server_certificate_is_refused() {
     std::fs::copy(ns.sa_dir.join("token"), dir.join("token")).unwrap();
     // A CA that did not sign the server's certificate.
     let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+        ])
         .arg("-keyout")
         .arg(dir.join("ca.key"))
         .arg("-out")

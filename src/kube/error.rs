@@ -8,7 +8,10 @@ pub enum KubeError {
     /// 404: the object is not there.
     NotFound { message: String },
     /// 409: someone else changed the object (stale resourceVersion) or it already exists.
-    Conflict { message: String, already_exists: bool },
+    Conflict {
+        message: String,
+        already_exists: bool,
+    },
     /// 403: RBAC refused; the message is the server's and names verb, resource and user.
     Forbidden { message: String },
     /// 401: the token is wrong, expired or revoked.
@@ -41,7 +44,9 @@ impl KubeError {
         let message = if status.kind == "Status" && !status.message.is_empty() {
             status.message
         } else {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string();
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)])
+                .trim()
+                .to_string();
             format!("{method} {path}: HTTP {code}: {text}")
         };
         match code {
@@ -118,10 +123,16 @@ mod tests {
         let body = br#"{"kind":"Status","message":"exists","reason":"AlreadyExists","code":409}"#;
         assert!(matches!(
             KubeError::from_response("POST", "/p", 409, body),
-            KubeError::Conflict { already_exists: true, .. }
+            KubeError::Conflict {
+                already_exists: true,
+                ..
+            }
         ));
         let e = KubeError::from_response("GET", "/p", 502, b"<html>bad gateway</html>");
-        assert!(e.to_string().contains("502") && e.to_string().contains("bad gateway"), "{e}");
+        assert!(
+            e.to_string().contains("502") && e.to_string().contains("bad gateway"),
+            "{e}"
+        );
         assert!(e.is_transient());
         assert!(!KubeError::from_response("GET", "/p", 400, b"").is_transient());
     }

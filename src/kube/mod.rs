@@ -47,9 +47,14 @@ impl Endpoint {
             ));
         }
         let port: u16 = port.parse().map_err(|_| {
-            KubeError::Config(format!("KUBERNETES_SERVICE_PORT={port:?} is not a port number"))
+            KubeError::Config(format!(
+                "KUBERNETES_SERVICE_PORT={port:?} is not a port number"
+            ))
         })?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         Ok(Endpoint { host, port })
     }
 
@@ -119,7 +124,10 @@ impl Client {
 
     /// From the pod's environment and service-account directory.
     pub fn in_cluster(sa_dir: &Path) -> Result<Client, KubeError> {
-        Ok(Client::new(Endpoint::from_env()?, &ServiceAccountDir::new(sa_dir)))
+        Ok(Client::new(
+            Endpoint::from_env()?,
+            &ServiceAccountDir::new(sa_dir),
+        ))
     }
 
     pub fn endpoint(&self) -> &Endpoint {

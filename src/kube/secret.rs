@@ -53,7 +53,11 @@ struct WireMeta {
     namespace: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     labels: BTreeMap<String, String>,
-    #[serde(rename = "resourceVersion", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "resourceVersion",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     resource_version: String,
     #[serde(flatten)]
     other: serde_json::Map<String, serde_json::Value>,
@@ -151,7 +155,11 @@ impl Client {
 
     /// Updates the Secret at its `resource_version` (optimistic concurrency); on a conflict
     /// either fails or replaces, as the caller chooses.
-    pub fn update_secret(&self, secret: &Secret, on_conflict: OnConflict) -> Result<Secret, KubeError> {
+    pub fn update_secret(
+        &self,
+        secret: &Secret,
+        on_conflict: OnConflict,
+    ) -> Result<Secret, KubeError> {
         let path = object_path(&secret.namespace, &secret.name);
         match self.request("PUT", &path, Some(&secret.to_json())) {
             Ok(body) => decode(&format!("PUT {path}"), &body),
@@ -168,7 +176,8 @@ impl Client {
     }
 
     pub fn delete_secret(&self, namespace: &str, name: &str) -> Result<(), KubeError> {
-        self.request("DELETE", &object_path(namespace, name), None).map(|_| ())
+        self.request("DELETE", &object_path(namespace, name), None)
+            .map(|_| ())
     }
 }
 
