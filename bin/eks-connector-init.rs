@@ -91,6 +91,14 @@ fn flag_or_env(flags: &mut Flags, flag: &'static str, env: &str) -> Option<Strin
         .or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
 }
 
+fn trimmed(what: &str, v: String) -> String {
+    let t = v.trim();
+    if t.len() != v.len() {
+        log::warn!("the {what} has leading or trailing whitespace; using it without");
+    }
+    t.to_string()
+}
+
 fn main() {
     let args = std::env::args_os().skip(1).collect();
     let about = about();
@@ -162,6 +170,12 @@ fn main() {
             "--activation.code CODE",
         )
     };
+    // A code pasted from a file or a Secret often carries a trailing newline; AWS ids and codes
+    // never contain whitespace.
+    let (activation_id, activation_code) = (
+        trimmed("activation id", activation_id),
+        trimmed("activation code", activation_code),
+    );
     let ordinal = cli::ordinal_from_pod_name(std::env::var("POD_NAME").ok().as_deref())
         .unwrap_or_else(|e| fail(EXIT_CONFIG, e));
     let (ssm_endpoint, warnings) =

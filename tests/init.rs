@@ -109,7 +109,7 @@ impl Env {
         secret["metadata"]
             .as_object_mut()
             .unwrap()
-            .retain(|k, _| k == "name" || k == "labels");
+            .retain(|k, _| !matches!(k.as_str(), "namespace" | "resourceVersion" | "uid"));
         self.ns.create("/api/v1", "secrets", secret);
     }
 }
@@ -468,6 +468,33 @@ fn a_key_rotated_in_the_vault_but_not_saved_is_kept_and_saved() {
         s.data["connector-config"],
         format!("{{\"activationId\":\"{ACT_ID}\"}}").into_bytes()
     );
+}
+
+#[test]
+fn an_empty_secret_is_filled_in_and_a_trailing_newline_in_the_code_is_ignored() {
+    let env = setup("emptysecret", true);
+    env.put_secret(
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": SECRET, "annotations": {"keep": "me"}}}),
+    );
+    let mut c = env.cmd();
+    c.env("EKS_ACTIVATION_CODE", format!("{ACT_CODE}\n"));
+    let r = ok(c);
+    assert!(r.stderr.contains("whitespace"), "{}", r.stderr);
+    assert_eq!(env.stub.registrations().len(), 1);
+    env.stub.assert_strict();
+    let s = env.secret().unwrap();
+    assert_eq!(s.data.len(), 4);
+    assert_eq!(s.data["regkey"], env.vault_file("Store/RegistrationKey"));
+    assert_eq!(s.labels.get("name").map(String::as_str), Some(SECRET));
+    let raw = common::cluster()
+        .admin_request(
+            "GET",
+            &format!("/api/v1/namespaces/{}/secrets/{SECRET}", env.ns.name),
+            None,
+        )
+        .unwrap();
+    assert_eq!(raw["metadata"]["annotations"]["keep"], "me");
 }
 
 #[test]
