@@ -64,7 +64,7 @@ fn main() {
     });
     let about = "Runs the SSM agent as PID 1 of its container and keeps the state Secret in step \
                  with the agent's Vault (key rotation).";
-    let mut flags = match Flags::new(PROGRAM, about, FLAGS, args) {
+    let mut flags = match Flags::from_args(PROGRAM, about, FLAGS, args) {
         Start::Run(f) => f,
         Start::Print(s) => {
             println!("{s}");

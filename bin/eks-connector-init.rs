@@ -102,7 +102,7 @@ fn trimmed(what: &str, v: String) -> String {
 fn main() {
     let args = std::env::args_os().skip(1).collect();
     let about = about();
-    let mut flags = match Flags::new(PROGRAM, &about, FLAGS, args) {
+    let mut flags = match Flags::from_args(PROGRAM, &about, FLAGS, args) {
         Start::Print(s) => {
             println!("{s}");
             return;

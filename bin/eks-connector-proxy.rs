@@ -95,7 +95,7 @@ const FLAGS: &[(&str, &str)] = &[
 ];
 
 fn main() -> ExitCode {
-    let mut flags = match Flags::new(
+    let mut flags = match Flags::from_args(
         "eks-connector-proxy",
         "Proxies the EKS console's Kubernetes API requests with impersonation.",
         FLAGS,

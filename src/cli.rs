@@ -41,7 +41,7 @@ pub enum Start {
 
 impl Flags {
     /// `lines` are `(flag, help)` pairs used for `--help` and for error messages.
-    pub fn new(
+    pub fn from_args(
         program: &'static str,
         about: &str,
         lines: &[(&'static str, &'static str)],
@@ -219,7 +219,7 @@ mod tests {
     use super::*;
 
     fn flags(args: &[&str]) -> Flags {
-        match Flags::new(
+        match Flags::from_args(
             "prog",
             "about",
             &[
@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn help_and_version_print() {
-        let s = Flags::new("prog", "about", &[], vec!["--version".into()]);
+        let s = Flags::from_args("prog", "about", &[], vec!["--version".into()]);
         assert!(matches!(s, Start::Print(v) if v.contains(crate::VERSION)));
     }
 
