@@ -497,6 +497,76 @@ fn an_empty_secret_is_filled_in_and_a_trailing_newline_in_the_code_is_ignored() 
     assert_eq!(raw["metadata"]["annotations"]["keep"], "me");
 }
 
+/// Waits until the stand-in has received `n` requests.
+fn wait_requests(env: &Env, n: usize) {
+    common::wait_for(std::time::Duration::from_secs(20), || {
+        (env.stub.requests().len() >= n).then_some(())
+    })
+    .expect("the registration request never arrived");
+}
+
+#[test]
+fn a_secret_changed_during_registration_is_reread_not_lost() {
+    let env = setup("conflict", true);
+    let fixture: Value = serde_json::from_slice(
+        &std::fs::read(fixtures().join("original-state-secret.json")).unwrap(),
+    )
+    .unwrap();
+    env.put_secret(fixture);
+    env.stub.expect_activation(ACT_ID_2, ACT_CODE_2);
+    env.stub
+        .push(Reply::Delay(std::time::Duration::from_millis(1500)));
+    let mut c = env.cmd_with(&["--ssm.timeout=5s", "--ssm.deadline=10s"]);
+    c.env("EKS_ACTIVATION_ID", ACT_ID_2)
+        .env("EKS_ACTIVATION_CODE", ACT_CODE_2)
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    // While SSM is answering, someone else changes the Secret: init's update will conflict.
+    wait_requests(&env, 1);
+    let admin = common::cluster().admin();
+    let mut s = admin.get_secret(&env.ns.name, SECRET).unwrap();
+    s.labels.insert("touched".into(), "yes".into());
+    admin
+        .update_secret(&s, eks_connector::kube::OnConflict::Fail)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("reading it again"), "{stderr}");
+    let s = env.secret().unwrap();
+    assert_eq!(s.labels.get("touched").map(String::as_str), Some("yes"));
+    assert_eq!(s.data["regkey"], env.vault_file("Store/RegistrationKey"));
+    assert_eq!(
+        s.data["connector-config"],
+        format!("{{\"activationId\":\"{ACT_ID_2}\"}}").into_bytes()
+    );
+    assert_eq!(env.stub.registrations().len(), 1);
+}
+
+#[test]
+fn a_secret_created_during_registration_is_updated_instead() {
+    let env = setup("exists", true);
+    env.stub
+        .push(Reply::Delay(std::time::Duration::from_millis(1500)));
+    let mut c = env.cmd_with(&["--ssm.timeout=5s", "--ssm.deadline=10s"]);
+    c.stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    wait_requests(&env, 1);
+    env.put_secret(json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": SECRET, "labels": {"made-by": "someone-else"}}}));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("reading it again"), "{stderr}");
+    let s = env.secret().unwrap();
+    assert_eq!(
+        s.labels.get("made-by").map(String::as_str),
+        Some("someone-else")
+    );
+    assert_eq!(s.data["regkey"], env.vault_file("Store/RegistrationKey"));
+    assert_eq!(env.stub.registrations().len(), 1);
+}
+
 #[test]
 fn throttling_is_retried_and_registers_once() {
     let env = setup("throttle", true);

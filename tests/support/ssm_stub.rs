@@ -109,6 +109,8 @@ pub enum Reply {
         message: String,
         message_key: &'static str,
     },
+    /// Read the request (it is recorded at once), wait this long, then succeed.
+    Delay(Duration),
     /// Read the request and never answer.
     Hang,
     /// Read the request and close the connection without an answer.
@@ -475,6 +477,10 @@ fn serve(
             }
         };
         let instance_id = match &reply {
+            Reply::Delay(_) => Some({
+                let hex = eks_connector::random::uuid_v4().unwrap().replace('-', "");
+                format!("mi-{}", &hex[..17])
+            }),
             Reply::Success(id) => Some(id.clone().unwrap_or_else(|| {
                 let hex = eks_connector::random::uuid_v4().unwrap().replace('-', "");
                 format!("mi-{}", &hex[..17])
@@ -491,6 +497,11 @@ fn serve(
             request_id: request_id.clone(),
         });
         let ok = match reply {
+            Reply::Delay(d) => {
+                std::thread::sleep(d);
+                let body = serde_json::json!({ "InstanceId": instance_id.unwrap() }).to_string();
+                respond(&mut tls, 200, &request_id, &body)
+            }
             Reply::Success(_) => {
                 let body = serde_json::json!({ "InstanceId": instance_id.unwrap() }).to_string();
                 respond(&mut tls, 200, &request_id, &body)
