@@ -53,7 +53,8 @@ impl Blocked {
                     None => libc::sigwaitinfo(&self.set, &mut info),
                     Some(t) => {
                         let ts = libc::timespec {
-                            tv_sec: t.as_secs() as libc::time_t,
+                            // Capped so the value fits a 32-bit time_t too.
+                            tv_sec: t.as_secs().min(i32::MAX as u64) as _,
                             tv_nsec: t.subsec_nanos() as libc::c_long,
                         };
                         libc::sigtimedwait(&self.set, &mut info, &ts)
