@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one entry point for building, testing and trying the connector.
-#   ./build.sh              release static (musl) binaries into dist/<arch>/, sizes printed
+#   ./build.sh [ARCH]       release static (musl) binaries for x86_64 and aarch64 into dist/<arch>/, sizes printed
 #   ./build.sh test         fmt check, clippy, and every test (including the real kube-apiserver ones)
 #   ./build.sh kube-env DIR start the real control plane on loopback (foreground, until killed)
 #   ./build.sh image        the scratch image (both architectures) as an OCI archive in dist/
@@ -9,7 +9,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 ROOT="$PWD"
-BINS=(eks-connector-init eks-connector-proxy eks-connector-agent eks-connector)
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
@@ -34,32 +33,14 @@ need_rust() {
     command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup (https://rustup.rs)"
 }
 
-need_target() {
-    local target="$1"
-    if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
-        say "adding Rust target $target"
-        rustup target add "$target" || die "rustup cannot add $target here; install it and retry"
-    fi
-}
-
 build_release() {
     need_rust
-    need_target x86_64-unknown-linux-musl
-    say "building static x86_64 binaries"
-    cargo build --release --locked --target x86_64-unknown-linux-musl --bins
-    mkdir -p dist/x86_64
-    for b in "${BINS[@]}"; do
-        src="target/x86_64-unknown-linux-musl/release/$b"
-        [[ -f "$src" ]] || continue
-        cp "$src" "dist/x86_64/$b"
-    done
-    if [[ -x scripts/cross.sh ]]; then
-        scripts/cross.sh
-    fi
+    # scripts/cross.sh builds, checks (static, stripped, runs) and copies each architecture.
+    scripts/cross.sh "$@"
     say "binaries (stripped, static):"
-    for f in dist/*/*; do
+    for f in dist/x86_64/* dist/aarch64/*; do
         [[ -f "$f" ]] || continue
-        printf '  %-40s %9d bytes  %s\n' "$f" "$(stat -c %s "$f")" "$(file -b "$f" 2>/dev/null | cut -d, -f1-2 || true)"
+        printf '  %-40s %9d bytes\n' "$f" "$(stat -c %s "$f")"
     done
 }
 
@@ -81,7 +62,8 @@ run_tests() {
 }
 
 case "${1:-release}" in
-    release|build) build_release ;;
+    release|build) build_release "${@:2}" ;;
+    x86_64|aarch64) build_release "$@" ;;
     test) run_tests ;;
     kube-env)
         [[ $# -ge 2 ]] || die "usage: ./build.sh kube-env DIR"
