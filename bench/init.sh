@@ -57,7 +57,7 @@ say "release builds: eks-connector-init and the SSM stand-in (examples/ssm-stub.
 cargo build --release --quiet --bin eks-connector-init --example ssm-stub
 INIT="$ROOT/target/release/eks-connector-init"
 STUB="$ROOT/target/release/examples/ssm-stub"
-[ -x "$INIT" ] && [ -x "$STUB" ] || die "cargo did not produce $INIT and $STUB"
+{ [ -x "$INIT" ] && [ -x "$STUB" ]; } || die "cargo did not produce $INIT and $STUB"
 
 say "control-plane binaries (tests/kube-env/build-bins.sh; the first run on a machine builds them)"
 KBIN="$(tests/kube-env/build-bins.sh)"
@@ -134,7 +134,7 @@ state_present() {
 
 say "$RUNS first starts (Vault and Secret deleted before each)"
 first=()
-for i in $(seq 1 "$RUNS"); do
+for _ in $(seq 1 "$RUNS"); do
     rm -rf "$VAULT"
     k delete secret "$SECRET" -n "$NS" --ignore-not-found >/dev/null || die "kubectl delete secret failed"
     first+=("$(timed_init)")
@@ -147,7 +147,7 @@ state_present
 
 say "$RUNS second starts (Vault and Secret present)"
 second=()
-for i in $(seq 1 "$RUNS"); do
+for _ in $(seq 1 "$RUNS"); do
     second+=("$(timed_init)")
     printf '.' >&2
 done
