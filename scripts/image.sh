@@ -38,7 +38,15 @@ budget=$((5 * 1024 * 1024))
 
 [ "$build" = 0 ] || "$ROOT/scripts/cross.sh" x86_64 aarch64
 
-# The build context: Dockerfile.scratch and one directory per OCI architecture.
+# The build context: Dockerfile.scratch and one directory per OCI architecture holding what goes
+# into /usr/local/bin. When bin/eks-connector is the multi-call binary (it runs the program its
+# argv[0] names), the image holds it once and the three names are symlinks to it: one copy of
+# std, rustls and ring instead of four. Otherwise, the four separate binaries.
+[ -x dist/x86_64/eks-connector ] || die "dist/x86_64/eks-connector is missing: run scripts/cross.sh first (or drop --no-build)"
+multicall=0
+case "$(bash -c 'exec -a eks-connector-init "$0" --version' dist/x86_64/eks-connector 2>/dev/null)" in
+    *eks-connector-init*) multicall=1 ;;
+esac
 ctx="dist/image-context"
 rm -rf "$ctx"
 mkdir -p "$ctx"
@@ -48,9 +56,18 @@ for arch in x86_64 aarch64; do
     mkdir -p "$ctx/$oarch"
     for b in $BINARIES; do
         [ -x "dist/$arch/$b" ] || die "dist/$arch/$b is missing: run scripts/cross.sh first (or drop --no-build)"
-        cp "dist/$arch/$b" "$ctx/$oarch/$b"
+        if [ "$multicall" = 1 ] && [ "$b" != eks-connector ]; then
+            ln -s eks-connector "$ctx/$oarch/$b"
+        else
+            cp "dist/$arch/$b" "$ctx/$oarch/$b"
+        fi
     done
 done
+if [ "$multicall" = 1 ]; then
+    say "image layout: multi-call /usr/local/bin/eks-connector, the three programs as symlinks to it"
+else
+    say "image layout: four separate binaries in /usr/local/bin"
+fi
 
 # Uncompressed size of an image in an OCI layout directory: its layers and config as stored
 # without compression (what the budget counts).
