@@ -126,7 +126,17 @@ timed_init() {
     fi
     echo $((t1 - t0))
 }
+# Registrations the stand-in logged. It logs from a loop that wakes every 200 ms, so give it a
+# moment: up to 3 s for the expected count, and never less than 0.5 s (a late extra one shows up).
 registrations() { grep -c 'RegisterManagedInstance ->' "$WORK/ssm.log" || true; }
+settled_registrations() {
+    sleep 0.5
+    for _ in $(seq 1 25); do
+        [ "$(registrations)" -ge "$1" ] && break
+        sleep 0.1
+    done
+    registrations
+}
 state_present() {
     [ -n "$(find "$VAULT" -type f 2>/dev/null | head -1)" ] || die "no Vault files in $VAULT after a start"
     k get secret "$SECRET" -n "$NS" -o name >/dev/null 2>&1 || die "no Secret $NS/$SECRET after a start"
@@ -142,8 +152,8 @@ for _ in $(seq 1 "$RUNS"); do
 done
 printf '\n' >&2
 state_present
-[ "$(registrations)" = "$RUNS" ] ||
-    die "expected $RUNS registrations at the SSM stand-in after the first starts, saw $(registrations)"
+seen="$(settled_registrations "$RUNS")"
+[ "$seen" = "$RUNS" ] || die "expected $RUNS registrations at the SSM stand-in after the first starts, saw $seen"
 
 say "$RUNS second starts (Vault and Secret present)"
 second=()
@@ -153,8 +163,8 @@ for _ in $(seq 1 "$RUNS"); do
 done
 printf '\n' >&2
 state_present
-[ "$(registrations)" = "$RUNS" ] ||
-    die "a second start registered again: $(registrations) registrations for $RUNS first starts"
+seen="$(settled_registrations "$RUNS")"
+[ "$seen" = "$RUNS" ] || die "a second start registered again: $seen registrations for $RUNS first starts"
 if grep -q 'protocol violation' "$WORK/ssm.log"; then
     grep 'protocol violation' "$WORK/ssm.log" >&2
     die "the SSM stand-in saw protocol violations"
