@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The whole flow on one machine, step by step (./build.sh demo):
+#   a real control plane (etcd + kube-apiserver, ./build.sh kube-env), the shipped manifests
+#   applied to it, a local SSM stand-in, then our three binaries as the pod runs them: init
+#   registers and writes the Vault and the state Secret, init installs the launcher, the proxy
+#   serves the socket, and the launcher starts a stand-in agent that runs one curl through the
+#   socket, as the SSM agent does for the EKS console.
+#
+#   scripts/demo.sh [--keep]     # --keep: leave the work directory for a look afterwards
+#
+# There is no kubelet here: the StatefulSet is accepted by the API server but its pods are run by
+# this script, with the same flags, as plain processes.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+keep=0
+[ "${1:-}" = "--keep" ] && keep=1
+
+step=0
+STEP() { step=$((step + 1)); printf '\n\033[1m[%d] %s\033[0m\n' "$step" "$*"; }
+show() { printf '    $ %s\n' "$*"; }
+
+need_cmd curl curl
+need_cmd openssl openssl
+need_cmd cargo cargo
+
+WORK="$(mktemp -d /tmp/eks-connector-demo.XXXXXX)"
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [ "$keep" = 1 ]; then echo "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+STEP "Build the binaries and the SSM stand-in (cargo build --bins --example ssm-stub)"
+cargo build --quiet --bins --example ssm-stub
+BIN="$ROOT/target/debug"
+
+STEP "Start the real control plane (./build.sh kube-env $WORK/kube)"
+echo "    the first run on a machine builds kube-apiserver from source; later runs take seconds"
+"$ROOT/build.sh" kube-env "$WORK/kube" >"$WORK/kube-env.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 2400); do
+    [ -f "$WORK/kube/ready" ] && break
+    kill -0 "${pids[0]}" 2>/dev/null || { tail -20 "$WORK/kube-env.log"; die "the control plane did not start"; }
+    sleep 1
+done
+[ -f "$WORK/kube/ready" ] || die "the control plane was not ready in 40 minutes (see $WORK/kube-env.log)"
+SERVER="$(cat "$WORK/kube/server-url")"
+API="${SERVER#https://}"
+KUBECTL="$("$ROOT/tests/kube-env/build-bins.sh")/kubectl"
+k() { "$KUBECTL" --kubeconfig "$WORK/kube/kubeconfig" "$@"; }
+echo "    API server $SERVER ($(k version -o json | sed -n 's/.*"gitVersion": "\(.*\)".*/\1/p' | tail -1))"
+
+STEP "Apply the shipped manifests and the console-user example"
+show "kubectl apply -k manifests/"
+k apply -k manifests/ | sed 's/^/    /'
+show "kubectl apply -k manifests/console-user/"
+k apply -k manifests/console-user/ | sed 's/^/    /'
+CONSOLE_USER="$(sed -n 's/^ *- \(arn:aws:[^ ]*\)$/\1/p' manifests/console-user/console-user.yaml | head -1)"
+echo "    console user (may be impersonated): $CONSOLE_USER"
+
+STEP "The pod's projected service-account token (kubectl create token eks-connector)"
+SA="$WORK/serviceaccount"
+mkdir -p "$SA"
+k create token eks-connector -n eks-connector --duration=1h >"$SA/token"
+cp "$WORK/kube/ca.crt" "$SA/ca.crt"
+printf eks-connector >"$SA/namespace"
+echo "    $SA: token, ca.crt, namespace"
+
+# The activation as the Secret generator reads it.
+ACT_ID="$(sed -n 's/^EKS_ACTIVATION_ID=//p' manifests/activation.env)"
+ACT_CODE="$(sed -n 's/^EKS_ACTIVATION_CODE=//p' manifests/activation.env)"
+
+STEP "Start the local SSM stand-in (strict RegisterManagedInstance over TLS)"
+"$BIN/examples/ssm-stub" "$ACT_ID" "$ACT_CODE" "$WORK/ssm" >"$WORK/ssm.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do [ -s "$WORK/ssm/url" ] && break; sleep 0.1; done
+[ -s "$WORK/ssm/url" ] || { cat "$WORK/ssm.log"; die "the SSM stand-in did not start"; }
+SSM_URL="$(cat "$WORK/ssm/url")"
+echo "    $SSM_URL"
+
+POD_ENV=(POD_NAME=eks-connector-0 KUBERNETES_SERVICE_HOST="${API%:*}" KUBERNETES_SERVICE_PORT="${API##*:}" RUST_LOG=info)
+
+STEP "init: register with SSM, write the Vault, then the state Secret"
+show "EKS_ACTIVATION_ID=… EKS_ACTIVATION_CODE=… eks-connector-init --agent.endpoint=$SSM_URL …"
+env -i "${POD_ENV[@]}" EKS_ACTIVATION_ID="$ACT_ID" EKS_ACTIVATION_CODE="$ACT_CODE" \
+    AWS_CA_BUNDLE="$(cat "$WORK/ssm/ca-path")" \
+    "$BIN/eks-connector-init" --agent.endpoint="$SSM_URL" --state.baseDir="$WORK/vault" \
+    --serviceaccount.dir="$SA" 2>&1 | sed 's/^/    /'
+sed 's/^/    /' "$WORK/ssm.log"
+echo "    Vault: $(cd "$WORK/vault" && find . -type f | sort | tr '\n' ' ')"
+show "kubectl get secret eks-connector-state-0 -n eks-connector"
+k get secret eks-connector-state-0 -n eks-connector | sed 's/^/    /'
+
+STEP "init again (a restarted pod): the registration is reused, nothing new at SSM"
+env -i "${POD_ENV[@]}" EKS_ACTIVATION_ID="$ACT_ID" EKS_ACTIVATION_CODE="$ACT_CODE" \
+    AWS_CA_BUNDLE="$(cat "$WORK/ssm/ca-path")" \
+    "$BIN/eks-connector-init" --agent.endpoint="$SSM_URL" --state.baseDir="$WORK/vault" \
+    --serviceaccount.dir="$SA" 2>&1 | sed 's/^/    /'
+echo "    registrations at the SSM stand-in: $(grep -c RegisterManagedInstance "$WORK/ssm.log" || true)"
+
+STEP "init --install-launcher: put the agent launcher into the shared volume"
+"$BIN/eks-connector-init" --install-launcher "$WORK/launcher" 2>&1 | sed 's/^/    /'
+
+STEP "proxy: the unix socket the SSM agent's curl talks to"
+mkdir -p "$WORK/shared"
+SOCK="$WORK/shared/connector.sock"
+env -i "${POD_ENV[@]}" "$BIN/eks-connector-proxy" --proxy.socketAddr="$SOCK" \
+    --proxy.targetHost="$API" --serviceaccount.dir="$SA" >"$WORK/proxy.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
+[ -S "$SOCK" ] || { cat "$WORK/proxy.log"; die "the proxy did not create $SOCK"; }
+echo "    listening on $SOCK"
+
+STEP "agent: the launcher starts a stand-in agent that runs the console's command"
+cat >"$WORK/stand-in-agent" <<AGENT
+#!/bin/sh
+# What the SSM agent runs for the EKS console: one curl through the socket.
+echo "stand-in agent: curl --unix-socket $SOCK -H 'x-aws-eks-identity-arn: $CONSOLE_USER' http://localhost/api/v1/namespaces"
+curl -sS --unix-socket "$SOCK" -H "x-aws-eks-identity-arn: $CONSOLE_USER" http://localhost/api/v1/namespaces |
+    sed -n 's/.*"name": *"\([^"]*\)".*/  namespace: \1/p' | sort -u
+AGENT
+chmod +x "$WORK/stand-in-agent"
+show "eks-connector-agent --state.baseDir=… --serviceaccount.dir=… -- stand-in-agent"
+env -i "${POD_ENV[@]}" PATH=/usr/bin:/bin "$WORK/launcher/eks-connector-agent" \
+    --state.baseDir="$WORK/vault" --serviceaccount.dir="$SA" -- "$WORK/stand-in-agent" 2>&1 | sed 's/^/    /'
+
+STEP "What the proxy refuses"
+code() { curl -s -o /dev/null -w '%{http_code}' --unix-socket "$SOCK" "$@"; }
+echo "    unlisted ARN           -> HTTP $(code -H 'x-aws-eks-identity-arn: arn:aws:iam::111122223333:user/mallory' http://localhost/api/v1/nodes) (RBAC: cannot impersonate)"
+echo "    no identity header     -> HTTP $(code http://localhost/api/v1/nodes) (fail closed)"
+echo "    GET /version, no ARN   -> HTTP $(code http://localhost/version) (the console reads the version)"
+echo "    Impersonate-Group: system:masters from the client -> HTTP $(code -H "x-aws-eks-identity-arn: $CONSOLE_USER" -H 'Impersonate-Group: system:masters' http://localhost/api/v1/namespaces/kube-system/secrets) (stripped)"
+
+STEP "Proxy audit log"
+sed 's/^/    /' "$WORK/proxy.log" | tail -8
+
+echo
+echo "Done: control plane, SSM stand-in, init, launcher and proxy worked together."
