@@ -1,28 +1,65 @@
 //! One client connection: read request heads, apply the policy, forward to the API server and
 //! stream the answer back. Keep-alive for clients that use it.
+//!
+//! Steady state allocates nothing per request: the request and response heads, the head sent
+//! upstream and the output buffer belong to the connection and are reused; the credentials are
+//! a snapshot checked with one atomic load; the upstream connection stays with a busy client
+//! connection between its requests. (With musl's allocator, which has one global lock, this is
+//! what lets 16 busy connections run in parallel.)
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::http::{
-    self, Body, BodyError, Buffered, Framing, HeadReader, RequestHead, ResponseHead, Step, Version,
+    self, Body, BodyError, Buffered, Framing, HeadError, HeadReader, RequestHead, ResponseHead,
+    Step, Version,
 };
 use super::listener::Stream;
 use super::policy::{self, ClientFraming, Identity, Refusal};
-use super::upstream::{Conn, UpstreamError};
+use super::upstream::{Conn, CredCache, Upstream, UpstreamError};
 use super::Shared;
 
 /// What happened to one request, for the audit log and the connection loop.
-pub(super) struct Outcome {
-    pub identity: String,
+pub(super) struct Outcome<'h> {
+    pub identity: &'h str,
     pub status: u16,
     pub bytes: u64,
     /// Keep the client connection open for another request.
     pub keep_alive: bool,
-    /// Why the exchange was cut short, if it was.
+    /// Why the exchange was refused or cut short, if it was.
     pub note: Option<String>,
+}
+
+/// How long a client connection keeps its upstream connection while waiting for its next
+/// request; after that the upstream connection goes back to the shared pool.
+const HOLD: Duration = Duration::from_secs(1);
+
+/// How long a response may sit waiting for the API server before its buffers are given back
+/// (a watch between events).
+const QUIET: i32 = 1000;
+
+/// Output buffered before it is written to the client.
+const OUT_BUF: usize = 8 << 10;
+
+/// Per client connection: the credentials snapshot, the upstream connection kept between
+/// back-to-back requests, and reusable buffers.
+pub(super) struct ConnState<'a> {
+    up: &'a Upstream,
+    creds: CredCache,
+    held: Option<Conn>,
+    /// The head sent upstream.
+    up_head: Vec<u8>,
+    /// Bytes for the client, written when full or when the API server pauses.
+    out: Vec<u8>,
+    resp: ResponseHead,
+}
+
+impl Drop for ConnState<'_> {
+    fn drop(&mut self) {
+        self.up.release(&mut self.held);
+    }
 }
 
 /// Serves one client connection until it closes, errs, or the proxy stops.
@@ -30,48 +67,66 @@ pub(super) fn serve(shared: &Shared, stream: Stream) {
     let limits = &shared.limits;
     let _ = stream.set_write_timeout(Some(limits.io_timeout));
     let mut reader = HeadReader::new(&stream, limits.io_timeout);
+    let mut head = RequestHead::default();
+    let mut state = ConnState {
+        up: &shared.upstream,
+        creds: CredCache::default(),
+        held: None,
+        up_head: Vec::new(),
+        out: Vec::new(),
+        resp: ResponseHead::default(),
+    };
     let mut first = true;
     loop {
-        let idle = if first {
+        let mut wait = if first {
             limits.header_timeout
         } else {
             limits.idle_timeout
         };
         first = false;
-        let head = match reader.read_request(&limits.head, idle, limits.header_timeout) {
-            Ok(h) => h,
-            Err(e) => {
-                if let Some(status) = e.status() {
-                    let started = Instant::now();
-                    let body = policy::status_body(status, &e.message());
-                    let _ = (&stream).write_all(&policy::simple_response(status, &body, true, &[]));
-                    super::audit::record(
-                        "-",
-                        "-",
-                        "-",
-                        status,
-                        0,
-                        started.elapsed(),
-                        Some(&e.message()),
-                    );
-                    stream.linger_close();
+        let read = loop {
+            let holding = state.held.is_some();
+            let w = if holding { wait.min(HOLD) } else { wait };
+            match reader.read_request(&mut head, &limits.head, w, limits.header_timeout) {
+                Err(HeadError::Idle) if holding && w < wait => {
+                    shared.upstream.release(&mut state.held);
+                    wait -= w;
                 }
-                return;
+                other => break other,
             }
         };
+        if let Err(e) = read {
+            if let Some(status) = e.status() {
+                let started = Instant::now();
+                let body = policy::status_body(status, &e.message());
+                let _ = (&stream).write_all(&policy::simple_response(status, &body, true, &[]));
+                super::audit::record(
+                    "-",
+                    "-",
+                    "-",
+                    status,
+                    0,
+                    started.elapsed(),
+                    Some(&e.message()),
+                );
+                stream.linger_close();
+            }
+            return;
+        }
         let _in_flight = InFlight::enter(shared);
         let started = Instant::now();
-        let outcome = handle(shared, &stream, &mut reader, &head);
+        let outcome = handle(shared, &stream, &mut reader, &head, &mut state);
         super::audit::record(
-            &outcome.identity,
-            &head.method,
-            &head.target,
+            outcome.identity,
+            head.method(),
+            head.target(),
             outcome.status,
             outcome.bytes,
             started.elapsed(),
             outcome.note.as_deref(),
         );
         if !outcome.keep_alive || shared.stopping.load(Ordering::SeqCst) {
+            drop(state);
             stream.linger_close();
             return;
         }
@@ -104,15 +159,16 @@ enum Failure {
     ClientGone,
 }
 
-fn handle(
+fn handle<'h>(
     shared: &Shared,
     stream: &Stream,
     reader: &mut HeadReader<&Stream>,
-    head: &RequestHead,
-) -> Outcome {
+    head: &'h RequestHead,
+    state: &mut ConnState,
+) -> Outcome<'h> {
     let stopping = shared.stopping.load(Ordering::SeqCst);
     let mut out = Outcome {
-        identity: "-".into(),
+        identity: "-",
         status: 0,
         bytes: 0,
         keep_alive: head.keep_alive() && !stopping,
@@ -144,12 +200,12 @@ fn handle(
                 out.keep_alive = false;
             }
             if r.status == 400 && head.all(policy::IDENTITY_HEADER).next().is_some() {
-                out.identity = "<invalid>".into();
+                out.identity = "<invalid>";
             }
             return refuse(stream, out, r);
         }
     };
-    out.identity = identity.describe().to_string();
+    out.identity = identity.describe();
     let expect_continue = match policy::expects_continue(head) {
         Ok(e) => e && has_body,
         Err(r) => {
@@ -158,7 +214,7 @@ fn handle(
         }
     };
 
-    let (mut conn, resp) = match exchange(
+    let exchanged = exchange(
         shared,
         stream,
         reader,
@@ -166,10 +222,12 @@ fn handle(
         &identity,
         framing,
         expect_continue,
-    ) {
-        Ok(x) => x,
+        state,
+    );
+    let mut conn = match exchanged {
+        Ok(conn) => conn,
         Err(Failure::Upstream(e)) => {
-            log::error!("{} {}: {e}", head.method, head.target);
+            log::error!("{} {}: {e}", head.method(), head.target());
             out.status = 502;
             out.keep_alive = false;
             out.note = Some(e.to_string());
@@ -194,27 +252,29 @@ fn handle(
             return out;
         }
     };
-    out.status = resp.status;
-    if relay_response(shared, stream, head, &mut conn, &resp, &mut out) {
-        shared.upstream.checkin(conn);
+    out.status = state.resp.status;
+    if relay_response(shared, stream, reader, head, &mut conn, state, &mut out) {
+        shared.upstream.keep(conn, &mut state.held);
     }
     out
 }
 
-fn refuse(stream: &Stream, mut out: Outcome, r: Refusal) -> Outcome {
+fn refuse<'h>(stream: &Stream, mut out: Outcome<'h>, r: Refusal) -> Outcome<'h> {
     out.status = r.status;
-    out.note = Some(r.message.clone());
     let body = policy::status_body(r.status, &r.message);
     let resp = policy::simple_response(r.status, &body, !out.keep_alive, &[]);
     if (&*stream).write_all(&resp).is_err() {
         out.keep_alive = false;
     }
     out.bytes = body.len() as u64;
+    out.note = Some(r.message);
     out
 }
 
-/// Sends the request (head and streamed body) and reads the response head. A pooled
-/// connection that turns out to be closed is replaced once, for requests without a body.
+/// Sends the request (head and streamed body) and reads the response head into `state.resp`.
+/// A kept or pooled connection that turns out to be closed is replaced once, for requests
+/// without a body.
+#[allow(clippy::too_many_arguments)]
 fn exchange(
     shared: &Shared,
     stream: &Stream,
@@ -223,17 +283,27 @@ fn exchange(
     identity: &Identity,
     framing: Framing,
     expect_continue: bool,
-) -> Result<(Conn, ResponseHead), Failure> {
+    state: &mut ConnState,
+) -> Result<Conn, Failure> {
     let up = &shared.upstream;
-    let token = up.token().map_err(Failure::Upstream)?;
-    let up_head = policy::upstream_head(head, &up.target.authority, &token, identity, framing);
-    drop(token);
-    let mut conn = up.checkout().map_err(Failure::Upstream)?;
+    let creds = up.credentials(&mut state.creds);
+    let token = creds.token().map_err(Failure::Upstream)?;
+    policy::upstream_head(
+        &mut state.up_head,
+        head,
+        &up.target.authority,
+        token,
+        identity,
+        framing,
+    );
+    let mut conn = up
+        .checkout(creds, &mut state.held)
+        .map_err(Failure::Upstream)?;
     let mut retried = false;
     loop {
         let sent = if framing == Framing::Empty {
             let w = conn.io.get_mut();
-            w.write_all(&up_head)
+            w.write_all(&state.up_head)
                 .and_then(|_| w.flush())
                 .map_err(|e| Failure::Upstream(UpstreamError::Io(e)))
         } else {
@@ -241,18 +311,19 @@ fn exchange(
                 stream,
                 reader,
                 &mut conn,
-                &up_head,
+                &state.up_head,
                 framing,
                 expect_continue,
             )
         };
-        let result = sent.and_then(|_| read_head(shared, stream, &mut conn, &head.method));
+        let result =
+            sent.and_then(|_| read_head(shared, stream, &mut conn, head.method(), &mut state.resp));
         match result {
-            Ok(resp) => return Ok((conn, resp)),
+            Ok(()) => return Ok(conn),
             Err(Failure::Upstream(e)) if conn.reused && !retried && framing == Framing::Empty => {
-                log::debug!("pooled API server connection failed ({e}); retrying on a new one");
+                log::debug!("kept API server connection failed ({e}); retrying on a new one");
                 retried = true;
-                conn = up.connect_new().map_err(Failure::Upstream)?;
+                conn = up.connect_new(creds).map_err(Failure::Upstream)?;
             }
             Err(f) => return Err(f),
         }
@@ -275,7 +346,7 @@ fn send_body(
     }
     reader.body_mode().map_err(|_| Failure::ClientGone)?;
     let chunked = framing == Framing::Chunked;
-    let mut w = BufWriter::with_capacity(16 << 10, conn.io.get_mut());
+    let mut w = io::BufWriter::with_capacity(16 << 10, conn.io.get_mut());
     w.write_all(up_head).map_err(up_err)?;
     let mut body = Body::new(framing);
     let client_err = |e: BodyError| match e {
@@ -319,47 +390,32 @@ fn read_head(
     stream: &Stream,
     conn: &mut Conn,
     method: &str,
-) -> Result<ResponseHead, Failure> {
+    resp: &mut ResponseHead,
+) -> Result<(), Failure> {
+    let bad = |w| Err(Failure::Upstream(UpstreamError::BadResponse(w)));
     loop {
-        wait_for_upstream(conn, stream.raw_fd())?;
-        let resp = match http::read_response(&mut conn.io, &shared.limits.upstream_head) {
-            Ok(r) => r,
-            Err(http::HeadError::Closed) => {
-                return Err(Failure::Upstream(UpstreamError::BadResponse(
-                    "connection closed before a response",
-                )))
-            }
-            Err(http::HeadError::Io(e)) => return Err(Failure::Upstream(UpstreamError::Io(e))),
-            Err(http::HeadError::Bad(w)) => {
-                return Err(Failure::Upstream(UpstreamError::BadResponse(w)))
-            }
-            Err(_) => {
-                return Err(Failure::Upstream(UpstreamError::BadResponse(
-                    "response head too large",
-                )))
-            }
-        };
+        wait_for_upstream(conn, stream.raw_fd(), -1)?;
+        match http::read_response(&mut conn.io, &shared.limits.upstream_head, resp) {
+            Ok(()) => {}
+            Err(HeadError::Closed) => return bad("connection closed before a response"),
+            Err(HeadError::Io(e)) => return Err(Failure::Upstream(UpstreamError::Io(e))),
+            Err(HeadError::Bad(w)) => return bad(w),
+            Err(_) => return bad("response head too large"),
+        }
         match resp.status {
-            101 => {
-                return Err(Failure::Upstream(UpstreamError::BadResponse(
-                    "unexpected protocol switch",
-                )))
-            }
-            100..=199 => continue,
-            _ => {
-                if method == "HEAD" || resp.status >= 200 {
-                    return Ok(resp);
-                }
-            }
+            101 => return bad("unexpected protocol switch"),
+            100..=199 if method != "HEAD" => continue,
+            _ => return Ok(()),
         }
     }
 }
 
 /// Waits until the API server has something for us, giving up if the client hangs up
-/// meanwhile (so an abandoned watch does not hold a thread and a connection).
-fn wait_for_upstream(conn: &mut Conn, client: RawFd) -> Result<(), Failure> {
+/// meanwhile (so an abandoned watch does not hold a thread and a connection). `Ok(false)` if
+/// `timeout_ms` (-1: none) passed first.
+fn wait_for_upstream(conn: &mut Conn, client: RawFd, timeout_ms: i32) -> Result<bool, Failure> {
     if !conn.io.buffer().is_empty() || conn.io.get_mut().pending() > 0 {
-        return Ok(());
+        return Ok(true);
     }
     let up = conn.io.get_ref().raw_fd();
     loop {
@@ -375,8 +431,8 @@ fn wait_for_upstream(conn: &mut Conn, client: RawFd) -> Result<(), Failure> {
                 revents: 0,
             },
         ];
-        // SAFETY: two valid pollfds; no timeout (the client's hangup or the server's data ends it).
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        // SAFETY: two valid pollfds.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
         if rc < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -384,41 +440,57 @@ fn wait_for_upstream(conn: &mut Conn, client: RawFd) -> Result<(), Failure> {
             }
             return Err(Failure::Upstream(UpstreamError::Io(e)));
         }
+        if rc == 0 {
+            return Ok(false);
+        }
         if fds[1].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
             return Err(Failure::ClientGone);
         }
         if fds[0].revents != 0 {
-            return Ok(());
+            return Ok(true);
         }
     }
 }
 
+/// Writes what `out` holds to the client.
+fn flush(stream: &Stream, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        let r = (&*stream).write_all(out);
+        out.clear();
+        r?;
+    }
+    Ok(())
+}
+
 /// Streams the response to the client, flushing whenever the API server has nothing more for
-/// the moment (so watch events arrive as they happen), and returns the connection to the pool
-/// when the exchange ended cleanly.
+/// the moment (so watch events arrive as they happen). Returns whether the upstream connection
+/// may be reused.
 fn relay_response(
     shared: &Shared,
     stream: &Stream,
+    reader: &mut HeadReader<&Stream>,
     head: &RequestHead,
     conn: &mut Conn,
-    resp: &ResponseHead,
-    out: &mut Outcome,
+    state: &mut ConnState,
+    outcome: &mut Outcome,
 ) -> bool {
-    let framing = match http::response_framing(&head.method, resp) {
+    let resp = &state.resp;
+    let out = &mut state.out;
+    let framing = match http::response_framing(head.method(), resp) {
         Ok(f) => f,
         Err(why) => {
-            log::error!("{} {}: {why}", head.method, head.target);
-            out.status = 502;
-            out.keep_alive = false;
-            out.note = Some(why.into());
+            log::error!("{} {}: {why}", head.method(), head.target());
+            outcome.status = 502;
+            outcome.keep_alive = false;
+            outcome.note = Some(why.into());
             let _ =
                 (&*stream).write_all(&policy::simple_response(502, policy::BODY_502, true, &[]));
             return false;
         }
     };
     let client_framing = match framing {
-        Framing::Empty => match resp.all("content-length").next().map(|h| h.value.clone()) {
-            Some(v) if head.method == "HEAD" => std::str::from_utf8(&v)
+        Framing::Empty => match resp.all("content-length").next() {
+            Some(v) if head.method() == "HEAD" => std::str::from_utf8(v)
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .map(ClientFraming::Length)
@@ -430,96 +502,96 @@ fn relay_response(
             if head.version == Version::Http11 {
                 ClientFraming::Chunked
             } else {
-                out.keep_alive = false;
+                outcome.keep_alive = false;
                 ClientFraming::None
             }
         }
     };
     if shared.stopping.load(Ordering::SeqCst) {
-        out.keep_alive = false;
+        outcome.keep_alive = false;
     }
     let upstream_reusable = resp.version == Version::Http11
         && framing != Framing::UntilClose
-        && !resp.all("connection").any(|h| {
-            h.value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        });
+        && !resp.lists_token("connection", "close");
 
-    let mut w = BufWriter::with_capacity(8 << 10, stream);
-    let chead = policy::client_head(resp, client_framing, !out.keep_alive);
-    if w.write_all(&chead).is_err() {
-        out.keep_alive = false;
-        out.note = Some("client went away".into());
-        return false;
-    }
-    let chunked = client_framing == ClientFraming::Chunked;
-    let mut body = Body::new(framing);
-    let gone = |out: &mut Outcome, why: String| {
-        out.keep_alive = false;
-        out.note = Some(why);
+    let gone = |outcome: &mut Outcome, why: String| {
+        outcome.keep_alive = false;
+        outcome.note = Some(why);
         false
     };
+    out.clear();
+    if out.capacity() < OUT_BUF {
+        out.reserve(OUT_BUF);
+    }
+    policy::client_head(out, resp, client_framing, !outcome.keep_alive);
+    let chunked = client_framing == ClientFraming::Chunked;
+    let mut body = Body::new(framing);
     loop {
         let step = match body.step(&mut conn.io) {
             Ok(s) => s,
-            Err(e) => return cut_short(head, &mut w, out, e),
+            Err(e) => return cut_short(stream, head, out, outcome, e),
         };
         match step {
             Step::End => break,
             Step::NeedInput => {
                 // Nothing buffered from the API server: whatever we hold goes to the client now
                 // (a watch event must not wait for the next one), then we wait.
-                if w.flush().is_err() {
-                    return gone(out, "client went away".into());
+                if flush(stream, out).is_err() {
+                    return gone(outcome, "client went away".into());
                 }
-                match wait_for_upstream(conn, stream.raw_fd()) {
-                    Ok(()) => {}
-                    Err(Failure::ClientGone) => return gone(out, "client went away".into()),
+                let mut waited = wait_for_upstream(conn, stream.raw_fd(), QUIET);
+                if let Ok(false) = waited {
+                    // A quiet stream (a watch between events): give the buffers back meanwhile.
+                    *out = Vec::new();
+                    reader.release_buffer();
+                    conn.io.release();
+                    waited = wait_for_upstream(conn, stream.raw_fd(), -1);
+                }
+                match waited {
+                    Ok(_) => {}
+                    Err(Failure::ClientGone) => return gone(outcome, "client went away".into()),
                     Err(Failure::Upstream(e)) => {
-                        return gone(out, format!("response cut short: {e}"))
+                        return gone(outcome, format!("response cut short: {e}"))
                     }
-                    Err(Failure::ClientBody(e)) => return gone(out, e.to_string()),
+                    Err(Failure::ClientBody(e)) => return gone(outcome, e.to_string()),
                 }
                 match http::fill_more(&mut conn.io) {
                     Ok(0) => {
                         if let Err(e) = body.at_eof() {
-                            return cut_short(head, &mut w, out, e);
+                            return cut_short(stream, head, out, outcome, e);
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => return cut_short(head, &mut w, out, e),
+                    Err(e) => return cut_short(stream, head, out, outcome, e),
                 }
             }
             Step::Data(n) => {
                 let piece = &conn.io.buffer()[..n];
-                let written = if chunked {
-                    write!(w, "{n:x}\r\n")
-                        .and_then(|_| w.write_all(piece))
-                        .and_then(|_| w.write_all(b"\r\n"))
-                } else {
-                    w.write_all(piece)
-                };
-                if written.is_err() {
-                    return gone(out, "client went away".into());
+                if chunked {
+                    let _ = write!(out, "{n:x}\r\n");
                 }
-                out.bytes += n as u64;
+                if out.len() + piece.len() > OUT_BUF.max(out.capacity()) {
+                    // Large pieces go straight out rather than through the buffer.
+                    let written = flush(stream, out).and_then(|_| (&*stream).write_all(piece));
+                    if written.is_err() {
+                        return gone(outcome, "client went away".into());
+                    }
+                } else {
+                    out.extend_from_slice(piece);
+                }
+                if chunked {
+                    out.extend_from_slice(b"\r\n");
+                }
+                outcome.bytes += n as u64;
                 body.consume(&mut conn.io, n);
             }
         }
     }
-    let ended = if chunked {
-        w.write_all(b"0\r\n\r\n").and_then(|_| w.flush())
-    } else {
-        w.flush()
-    };
-    if ended.is_err() {
-        out.keep_alive = false;
-        out.note = Some("client went away".into());
-        return false;
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
     }
-    if framing == Framing::UntilClose && client_framing == ClientFraming::None {
-        out.keep_alive = false;
+    if flush(stream, out).is_err() {
+        return gone(outcome, "client went away".into());
     }
     upstream_reusable
 }
@@ -527,18 +599,19 @@ fn relay_response(
 /// The API server's response broke after its head went out: all we can do is end the
 /// connection without a clean end of body, so the client sees the response as incomplete.
 fn cut_short(
+    stream: &Stream,
     head: &RequestHead,
-    w: &mut BufWriter<&Stream>,
-    out: &mut Outcome,
+    out: &mut Vec<u8>,
+    outcome: &mut Outcome,
     e: BodyError,
 ) -> bool {
     log::error!(
         "{} {}: response from the API server cut short: {e}",
-        head.method,
-        head.target
+        head.method(),
+        head.target()
     );
-    out.keep_alive = false;
-    out.note = Some(format!("response cut short: {e}"));
-    let _ = w.flush();
+    outcome.keep_alive = false;
+    outcome.note = Some(format!("response cut short: {e}"));
+    let _ = flush(stream, out);
     false
 }

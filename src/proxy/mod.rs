@@ -151,7 +151,7 @@ pub fn run(config: Config) -> Result<(), ProxyError> {
     raise_fd_limit();
     let upstream = Upstream::new(config.target.clone(), &config.sa_dir, config.pool)
         .map_err(ProxyError::Config)?;
-    if let Err(e) = upstream.token() {
+    if let Err(e) = upstream.current_credentials().token() {
         log::warn!("{e}; requests will fail with 502 until it is readable");
     }
     let listener = Arc::new(Listener::bind(&config.listen).map_err(ProxyError::Listen)?);
@@ -196,9 +196,15 @@ pub fn run(config: Config) -> Result<(), ProxyError> {
         std::thread::Builder::new()
             .name("reaper".into())
             .stack_size(64 << 10)
-            .spawn(move || loop {
-                std::thread::sleep(Duration::from_secs(5));
-                s.upstream.reap_idle();
+            .spawn(move || {
+                // Credentials: a stat of two files twice a second; idle connections: every 5 s.
+                for tick in 1u64.. {
+                    std::thread::sleep(Duration::from_millis(500));
+                    s.upstream.refresh_credentials();
+                    if tick % 10 == 0 {
+                        s.upstream.reap_idle();
+                    }
+                }
             })
             .map_err(ProxyError::Thread)?;
     }
@@ -340,13 +346,14 @@ fn ready(shared: &Shared, listener: &Listener) -> Result<(), String> {
 pub(crate) fn probe(up: &Upstream, path: &str) -> Result<u16, upstream::UpstreamError> {
     use std::io::Write as _;
     use upstream::UpstreamError;
-    let token = up.token()?;
+    let creds = up.current_credentials();
+    let token = creds.token()?;
     let mut req = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer ",
         up.target.authority
     )
     .into_bytes();
-    req.extend_from_slice(&token);
+    req.extend_from_slice(token);
     req.extend_from_slice(
         format!(
             "\r\nUser-Agent: eks-connector/{}\r\nAccept: */*\r\n\r\n",
@@ -354,13 +361,14 @@ pub(crate) fn probe(up: &Upstream, path: &str) -> Result<u16, upstream::Upstream
         )
         .as_bytes(),
     );
-    let mut conn = up.checkout()?;
+    let mut conn = up.checkout(&creds, &mut None)?;
     let w = conn.io.get_mut();
     w.write_all(&req)
         .and_then(|_| w.flush())
         .map_err(UpstreamError::Io)?;
     let limits = Limits::default().upstream_head;
-    let resp = http::read_response(&mut conn.io, &limits)
+    let mut resp = http::ResponseHead::default();
+    http::read_response(&mut conn.io, &limits, &mut resp)
         .map_err(|_| UpstreamError::BadResponse("no valid response to the readiness probe"))?;
     let framing = http::response_framing("GET", &resp).map_err(UpstreamError::BadResponse)?;
     let mut body = http::Body::new(framing);

@@ -2,7 +2,9 @@
 //! boundary: everything the client sent is dropped except a short allow-list, and the headers
 //! that carry authority (`Authorization`, `Impersonate-User`) are written by us alone.
 
-use super::http::{Framing, Header, RequestHead, ResponseHead};
+use std::io::Write as _;
+
+use super::http::{Framing, RequestHead, ResponseHead};
 
 /// The client header naming the user to impersonate.
 pub const IDENTITY_HEADER: &str = "x-aws-eks-identity-arn";
@@ -31,17 +33,17 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// Whom the API server should see.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identity {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity<'a> {
     /// Impersonate this user (the validated header value).
-    User(String),
+    User(&'a str),
     /// The proxy's own service account: only ever for `GET /version`.
     ServiceAccount,
 }
 
-impl Identity {
+impl<'a> Identity<'a> {
     /// For the audit log.
-    pub fn describe(&self) -> &str {
+    pub fn describe(&self) -> &'a str {
         match self {
             Identity::User(u) => u,
             Identity::ServiceAccount => "<serviceaccount:/version>",
@@ -79,8 +81,7 @@ pub fn check_upgrade(head: &RequestHead) -> Result<(), Refusal> {
 
 /// Checks what RFC 9112 requires of every HTTP/1.1 request: exactly one valid `Host`.
 pub fn check_host(head: &RequestHead) -> Result<(), Refusal> {
-    let hosts: Vec<&Header> = head.all("host").collect();
-    match (head.version, hosts.len()) {
+    match (head.version, head.all("host").count()) {
         (_, n) if n > 1 => Err(Refusal::new(400, "more than one Host header")),
         (super::http::Version::Http11, 0) => Err(Refusal::new(400, "missing Host header")),
         _ => Ok(()),
@@ -90,20 +91,17 @@ pub fn check_host(head: &RequestHead) -> Result<(), Refusal> {
 /// Decides the identity: exactly one non-empty, valid `x-aws-eks-identity-arn`, or — for
 /// `GET /version` only — none at all. Fails closed: a missing or empty identity never runs as
 /// the proxy's service account anywhere else.
-pub fn identity(head: &RequestHead) -> Result<Identity, Refusal> {
-    let values: Vec<&Header> = head.all(IDENTITY_HEADER).collect();
-    if values.len() > 1 {
+pub fn identity(head: &RequestHead) -> Result<Identity<'_>, Refusal> {
+    let mut values = head.all(IDENTITY_HEADER);
+    let value = values.next().unwrap_or_default();
+    if values.next().is_some() {
         return Err(Refusal::new(
             400,
             format!("more than one {IDENTITY_HEADER} header"),
         ));
     }
-    let value = values
-        .first()
-        .map(|h| h.value.as_slice())
-        .unwrap_or_default();
     if value.is_empty() {
-        if head.method == "GET" && head.path() == "/version" {
+        if head.method() == "GET" && head.path() == "/version" {
             return Ok(Identity::ServiceAccount);
         }
         return Err(Refusal::new(
@@ -123,15 +121,16 @@ pub fn identity(head: &RequestHead) -> Result<Identity, Refusal> {
             format!("the {IDENTITY_HEADER} header must be printable ASCII without spaces"),
         ));
     }
-    // All bytes are ASCII.
-    Ok(Identity::User(String::from_utf8_lossy(value).into_owned()))
+    // All bytes are printable ASCII, so this never fails.
+    let user = std::str::from_utf8(value).map_err(|_| Refusal::new(400, "invalid identity"))?;
+    Ok(Identity::User(user))
 }
 
 /// The `Expect` header: `Ok(true)` for `100-continue`, an error for anything else.
 pub fn expects_continue(head: &RequestHead) -> Result<bool, Refusal> {
     let mut want = false;
-    for h in head.all("expect") {
-        if h.value.eq_ignore_ascii_case(b"100-continue") {
+    for v in head.all("expect") {
+        if v.eq_ignore_ascii_case(b"100-continue") {
             want = true;
         } else {
             return Err(Refusal::new(417, "only Expect: 100-continue is supported"));
@@ -145,19 +144,21 @@ pub fn valid_token(token: &[u8]) -> bool {
     !token.is_empty() && token.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
-/// The request head sent upstream. Only our headers and the allow-listed client headers; the
-/// body framing is ours (`Content-Length` or chunked), whatever the client used.
+/// Writes the request head sent upstream into `out` (cleared first). Only our headers and the
+/// allow-listed client headers; the body framing is ours (`Content-Length` or chunked),
+/// whatever the client used.
 pub fn upstream_head(
+    out: &mut Vec<u8>,
     head: &RequestHead,
     host: &str,
     token: &[u8],
     identity: &Identity,
     framing: Framing,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512 + token.len());
-    out.extend_from_slice(head.method.as_bytes());
+) {
+    out.clear();
+    out.extend_from_slice(head.method().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(head.target().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\nAuthorization: Bearer ");
@@ -172,59 +173,50 @@ pub fn upstream_head(
     out.extend_from_slice(crate::VERSION.as_bytes());
     out.extend_from_slice(b"\r\n");
     for name in FORWARDED {
-        for h in head.all(name) {
+        for v in head.all(name) {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
-            out.extend_from_slice(&h.value);
+            out.extend_from_slice(v);
             out.extend_from_slice(b"\r\n");
         }
     }
     match framing {
         Framing::Empty => {
             // A body-less method needs no framing; others say so explicitly.
-            if !matches!(head.method.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS") {
+            if !matches!(head.method(), "GET" | "HEAD" | "DELETE" | "OPTIONS") {
                 out.extend_from_slice(b"Content-Length: 0\r\n");
             }
         }
         Framing::Length(n) => {
-            out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
+            let _ = write!(out, "Content-Length: {n}\r\n");
         }
         Framing::Chunked | Framing::UntilClose => {
             out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
         }
     }
     out.extend_from_slice(b"\r\n");
-    out
 }
 
-/// The response head sent to the client: the API server's status and end-to-end headers, with
-/// our own framing and connection handling.
-pub fn client_head(resp: &ResponseHead, framing: ClientFraming, close: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", resp.status, resp.reason).as_bytes());
-    // Headers the API server lists in its Connection header are hop-by-hop too.
-    let listed: Vec<Vec<u8>> = resp
-        .all("connection")
-        .flat_map(|h| {
-            h.value
-                .split(|&b| b == b',')
-                .map(|t| t.trim_ascii().to_ascii_lowercase())
-        })
-        .collect();
-    for h in &resp.headers {
-        let lower = h.name.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str()) || listed.iter().any(|l| l == lower.as_bytes()) {
+/// Appends the response head sent to the client to `out`: the API server's status and
+/// end-to-end headers, with our own framing and connection handling.
+pub fn client_head(out: &mut Vec<u8>, resp: &ResponseHead, framing: ClientFraming, close: bool) {
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, resp.reason());
+    for (name, value) in resp.headers() {
+        let hop = HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+            // Headers the API server lists in its Connection header are hop-by-hop too.
+            || resp.lists_token("connection", name);
+        if hop {
             continue;
         }
-        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(&h.value);
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     match framing {
         ClientFraming::None => {}
         ClientFraming::Length(n) => {
-            out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes())
+            let _ = write!(out, "Content-Length: {n}\r\n");
         }
         ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
     }
@@ -232,7 +224,6 @@ pub fn client_head(resp: &ResponseHead, framing: ClientFraming, close: bool) -> 
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// How we frame a response body towards the client.
@@ -310,18 +301,13 @@ mod tests {
     use super::*;
 
     fn req(method: &str, target: &str, headers: &[(&str, &[u8])]) -> RequestHead {
-        RequestHead {
-            method: method.into(),
-            target: target.into(),
-            version: Version::Http11,
-            headers: headers
-                .iter()
-                .map(|(n, v)| Header {
-                    name: n.to_string(),
-                    value: v.to_vec(),
-                })
-                .collect(),
-        }
+        RequestHead::from_parts(method, target, Version::Http11, headers)
+    }
+
+    fn up_head(r: &RequestHead, host: &str, token: &[u8], id: &Identity, f: Framing) -> String {
+        let mut out = Vec::new();
+        upstream_head(&mut out, r, host, token, id, f);
+        String::from_utf8(out).unwrap()
     }
 
     const ARN: &[u8] = b"arn:aws:iam::123456789012:user/alice";
@@ -355,7 +341,7 @@ mod tests {
         let r = req("GET", "/version", &[("x-aws-eks-identity-arn", ARN)]);
         assert_eq!(
             identity(&r),
-            Ok(Identity::User(String::from_utf8(ARN.to_vec()).unwrap()))
+            Ok(Identity::User(std::str::from_utf8(ARN).unwrap()))
         );
     }
 
@@ -416,14 +402,13 @@ mod tests {
                 ("Transfer-Encoding", b"chunked"),
             ],
         );
-        let out = upstream_head(
+        let text = up_head(
             &r,
             "kubernetes.default.svc:443",
             b"tok",
             &identity(&r).unwrap(),
             Framing::Length(2),
         );
-        let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
             format!(
@@ -439,34 +424,13 @@ mod tests {
     #[test]
     fn version_as_service_account_has_no_impersonation_and_chunked_is_ours() {
         let r = req("GET", "/version", &[("Host", b"x")]);
-        let text = String::from_utf8(upstream_head(
-            &r,
-            "h",
-            b"t",
-            &Identity::ServiceAccount,
-            Framing::Empty,
-        ))
-        .unwrap();
+        let text = up_head(&r, "h", b"t", &Identity::ServiceAccount, Framing::Empty);
         assert!(!text.to_ascii_lowercase().contains("impersonate"));
         assert!(!text.contains("Content-Length"));
         let r = req("PUT", "/x", &[]);
-        let text = String::from_utf8(upstream_head(
-            &r,
-            "h",
-            b"t",
-            &Identity::ServiceAccount,
-            Framing::Chunked,
-        ))
-        .unwrap();
+        let text = up_head(&r, "h", b"t", &Identity::ServiceAccount, Framing::Chunked);
         assert!(text.contains("Transfer-Encoding: chunked\r\n"));
-        let text = String::from_utf8(upstream_head(
-            &r,
-            "h",
-            b"t",
-            &Identity::ServiceAccount,
-            Framing::Empty,
-        ))
-        .unwrap();
+        let text = up_head(&r, "h", b"t", &Identity::ServiceAccount, Framing::Empty);
         assert!(text.contains("Content-Length: 0\r\n"));
     }
 
@@ -506,38 +470,21 @@ mod tests {
 
     #[test]
     fn response_headers_lose_hop_by_hop_ones() {
-        let resp = ResponseHead {
-            version: Version::Http11,
-            status: 200,
-            reason: "OK".into(),
-            headers: vec![
-                Header {
-                    name: "Content-Type".into(),
-                    value: b"application/json".to_vec(),
-                },
-                Header {
-                    name: "Audit-Id".into(),
-                    value: b"abc".to_vec(),
-                },
-                Header {
-                    name: "Connection".into(),
-                    value: b"X-Secret".to_vec(),
-                },
-                Header {
-                    name: "X-Secret".into(),
-                    value: b"1".to_vec(),
-                },
-                Header {
-                    name: "Transfer-Encoding".into(),
-                    value: b"chunked".to_vec(),
-                },
-                Header {
-                    name: "Content-Length".into(),
-                    value: b"5".to_vec(),
-                },
+        let resp = ResponseHead::from_parts(
+            200,
+            "OK",
+            &[
+                ("Content-Type", b"application/json"),
+                ("Audit-Id", b"abc"),
+                ("Connection", b"X-Secret"),
+                ("X-Secret", b"1"),
+                ("Transfer-Encoding", b"chunked"),
+                ("Content-Length", b"5"),
             ],
-        };
-        let text = String::from_utf8(client_head(&resp, ClientFraming::Chunked, true)).unwrap();
+        );
+        let mut out = Vec::new();
+        client_head(&mut out, &resp, ClientFraming::Chunked, true);
+        let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nAudit-Id: abc\r\n\

@@ -9,12 +9,12 @@
 //! The token and the CA are [`WatchedFile`]s: re-read when the files change (projected tokens
 //! rotate), never per request. Connections made with an older CA are not reused.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
@@ -173,12 +173,91 @@ impl Write for Io {
     }
 }
 
+/// A connection idle for less than this is reused without checking the socket first.
+const RECENT: Duration = Duration::from_secs(1);
+
 /// Buffer for reading responses. Small: a watch holds one per open stream.
 const READ_BUF: usize = 8 << 10;
 
+/// A buffered reader over an upstream connection whose buffer can be given back while the
+/// connection waits (a thousand idle watches should not hold a thousand empty buffers).
+pub struct UpReader {
+    io: Io,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+impl UpReader {
+    fn new(io: Io) -> UpReader {
+        UpReader {
+            io,
+            buf: Vec::new(),
+            pos: 0,
+            end: 0,
+        }
+    }
+
+    pub fn get_ref(&self) -> &Io {
+        &self.io
+    }
+
+    pub fn get_mut(&mut self) -> &mut Io {
+        &mut self.io
+    }
+
+    /// Bytes read but not yet consumed.
+    pub fn buffer(&self) -> &[u8] {
+        &self.buf[self.pos..self.end]
+    }
+
+    /// Frees the buffer if it holds nothing.
+    pub fn release(&mut self) {
+        if self.pos == self.end {
+            self.buf = Vec::new();
+            self.pos = 0;
+            self.end = 0;
+        }
+    }
+}
+
+impl Read for UpReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(out.len());
+        out[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for UpReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.end {
+            if self.buf.is_empty() {
+                self.buf = vec![0; READ_BUF];
+            }
+            let n = self.io.read(&mut self.buf)?;
+            self.pos = 0;
+            self.end = n;
+        }
+        Ok(&self.buf[self.pos..self.end])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.end);
+    }
+}
+
+impl super::http::Buffered for UpReader {
+    fn buffered(&self) -> &[u8] {
+        self.buffer()
+    }
+}
+
 /// One checked-out connection.
 pub struct Conn {
-    pub io: BufReader<Io>,
+    pub io: UpReader,
     /// Taken from the idle pool (it may have been closed by the server meanwhile).
     pub reused: bool,
     ca_generation: u64,
@@ -192,9 +271,39 @@ impl Drop for Conn {
     }
 }
 
-struct TlsCache {
-    generation: u64,
-    config: Arc<ClientConfig>,
+/// The credentials requests use: the token and the TLS configuration built from the CA, as a
+/// snapshot refreshed in the background when the files change. Requests never touch the files
+/// and never take a lock for them (see [`CredCache`]).
+pub struct Creds {
+    token: Result<Arc<Vec<u8>>, String>,
+    tls: Result<Option<(Arc<ClientConfig>, u64)>, String>,
+}
+
+impl Creds {
+    pub fn token(&self) -> Result<&[u8], UpstreamError> {
+        match &self.token {
+            Ok(t) => Ok(t),
+            Err(e) => Err(UpstreamError::Credentials(e.clone())),
+        }
+    }
+
+    fn tls(&self) -> Result<Option<(Arc<ClientConfig>, u64)>, UpstreamError> {
+        self.tls.clone().map_err(UpstreamError::Credentials)
+    }
+
+    fn ca_generation(&self) -> u64 {
+        match &self.tls {
+            Ok(Some((_, g))) => *g,
+            _ => 0,
+        }
+    }
+}
+
+/// A connection thread's copy of the current [`Creds`]: checked against one atomic per request.
+#[derive(Default)]
+pub struct CredCache {
+    version: u64,
+    creds: Option<Arc<Creds>>,
 }
 
 /// The API server, its credentials and the connection pool.
@@ -202,15 +311,15 @@ pub struct Upstream {
     pub target: Target,
     config: PoolConfig,
     server_name: Option<ServerName<'static>>,
-    token: WatchedFile,
-    ca: WatchedFile,
-    tls: Mutex<Option<TlsCache>>,
+    token_file: WatchedFile,
+    ca_file: WatchedFile,
+    creds: RwLock<Arc<Creds>>,
+    creds_version: AtomicU64,
     idle: Mutex<Vec<Conn>>,
+    /// Idle connections anywhere: in `idle` or held by a client connection between its requests.
+    idle_total: AtomicUsize,
     open: Arc<AtomicUsize>,
 }
-
-/// How often the token and CA files are checked for changes.
-const FILE_RECHECK: Duration = Duration::from_secs(1);
 
 impl Upstream {
     pub fn new(target: Target, sa_dir: &Path, config: PoolConfig) -> Result<Upstream, String> {
@@ -219,105 +328,177 @@ impl Upstream {
         } else {
             None
         };
-        Ok(Upstream {
+        let up = Upstream {
             target,
             config,
             server_name,
-            token: WatchedFile::new(sa_dir.join("token"), FILE_RECHECK, 64 << 10),
-            ca: WatchedFile::new(sa_dir.join("ca.crt"), FILE_RECHECK, 1 << 20),
-            tls: Mutex::new(None),
+            // Only `refresh_credentials` reads these, on its own schedule.
+            token_file: WatchedFile::new(sa_dir.join("token"), Duration::ZERO, 64 << 10),
+            ca_file: WatchedFile::new(sa_dir.join("ca.crt"), Duration::ZERO, 1 << 20),
+            creds: RwLock::new(Arc::new(Creds {
+                token: Err("not loaded yet".into()),
+                tls: Err("not loaded yet".into()),
+            })),
+            creds_version: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
+            idle_total: AtomicUsize::new(0),
             open: Arc::new(AtomicUsize::new(0)),
-        })
+        };
+        up.refresh_credentials();
+        Ok(up)
     }
 
-    /// Upstream connections open right now (checked out or idle).
+    /// Upstream connections open right now (in use or idle).
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::SeqCst)
     }
 
-    /// The current token, checked to be safe in a header line.
-    pub fn token(&self) -> Result<Arc<Vec<u8>>, UpstreamError> {
-        let (bytes, _) = self.token.get().map_err(|e| {
-            UpstreamError::Credentials(format!(
-                "cannot read the service-account token {}: {e}",
-                self.token.path().display()
-            ))
-        })?;
+    fn load_token(&self) -> Result<Arc<Vec<u8>>, String> {
+        let path = self.token_file.path().display();
+        let (bytes, _) = self
+            .token_file
+            .get()
+            .map_err(|e| format!("cannot read the service-account token {path}: {e}"))?;
         let trimmed = bytes.trim_ascii();
         if !super::policy::valid_token(trimmed) {
-            return Err(UpstreamError::Credentials(format!(
-                "the service-account token {} holds bytes that cannot be sent in a header",
-                self.token.path().display()
-            )));
+            return Err(format!(
+                "the service-account token {path} holds bytes that cannot be sent in a header"
+            ));
         }
-        if trimmed.len() == bytes.len() {
-            Ok(bytes)
+        Ok(if trimmed.len() == bytes.len() {
+            bytes
         } else {
-            Ok(Arc::new(trimmed.to_vec()))
-        }
+            Arc::new(trimmed.to_vec())
+        })
     }
 
-    fn tls_config(&self) -> Result<(Arc<ClientConfig>, u64), UpstreamError> {
-        let (pem, generation) = self.ca.get().map_err(|e| {
-            UpstreamError::Credentials(format!(
-                "cannot read the cluster CA {}: {e}",
-                self.ca.path().display()
-            ))
-        })?;
-        let mut guard = self.tls.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = guard.as_ref() {
-            if c.generation == generation {
-                return Ok((c.config.clone(), generation));
+    fn load_tls(&self, current: &Creds) -> Result<Option<(Arc<ClientConfig>, u64)>, String> {
+        if !self.target.tls {
+            return Ok(None);
+        }
+        let path = self.ca_file.path().display();
+        let (pem, generation) = self
+            .ca_file
+            .get()
+            .map_err(|e| format!("cannot read the cluster CA {path}: {e}"))?;
+        if let Ok(Some((config, g))) = &current.tls {
+            if *g == generation {
+                return Ok(Some((config.clone(), generation)));
             }
         }
-        let certs = crate::tls::parse_pem_certs(&pem).map_err(|d| {
-            UpstreamError::Credentials(format!("cluster CA {}: {d}", self.ca.path().display()))
-        })?;
-        let roots = crate::tls::root_store(&certs).map_err(|d| {
-            UpstreamError::Credentials(format!("cluster CA {}: {d}", self.ca.path().display()))
-        })?;
-        let config = crate::tls::client_config(roots, &[b"http/1.1"])
-            .map_err(|e| UpstreamError::Tls(e.to_string()))?;
-        *guard = Some(TlsCache {
-            generation,
-            config: config.clone(),
-        });
-        Ok((config, generation))
+        let certs =
+            crate::tls::parse_pem_certs(&pem).map_err(|d| format!("cluster CA {path}: {d}"))?;
+        let roots =
+            crate::tls::root_store(&certs).map_err(|d| format!("cluster CA {path}: {d}"))?;
+        let config = crate::tls::client_config(roots, &[b"http/1.1"]).map_err(|e| e.to_string())?;
+        Ok(Some((config, generation)))
     }
 
-    /// A connection for one request: a live idle one, or a new one.
-    pub fn checkout(&self) -> Result<Conn, UpstreamError> {
-        let generation = if self.target.tls {
-            Some(self.tls_config()?)
-        } else {
-            None
+    /// Re-reads the token and CA if their files changed (a stat each otherwise); called at start
+    /// and periodically by the proxy's housekeeping thread. Returns whether anything changed.
+    pub fn refresh_credentials(&self) -> bool {
+        let current = self.current_credentials();
+        let token = self.load_token();
+        let tls = self.load_tls(&current);
+        // A file that cannot be read now keeps the last good contents (mid-rotation).
+        let token = match (token, &current.token) {
+            (Err(_), Ok(old)) => Ok(old.clone()),
+            (t, _) => t,
         };
-        let current_gen = generation.as_ref().map(|g| g.1).unwrap_or(0);
-        loop {
-            let candidate = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let Some(mut conn) = candidate else { break };
-            if conn.ca_generation != current_gen
-                || conn.idle_since.elapsed() >= self.config.idle_timeout
-            {
-                continue;
+        let tls = match (tls, &current.tls) {
+            (Err(e), Ok(old)) => {
+                log::warn!("{e}; keeping the CA loaded before");
+                Ok(old.clone())
             }
-            if conn.io.buffer().is_empty() && is_quiet(conn.io.get_ref().raw_fd()) {
+            (t, _) => t,
+        };
+        let same_token = match (&token, &current.token) {
+            (Ok(a), Ok(b)) => a == b,
+            (Err(a), Err(b)) => a == b,
+            _ => false,
+        };
+        let same_tls = match (&tls, &current.tls) {
+            (Ok(a), Ok(b)) => a.as_ref().map(|x| x.1) == b.as_ref().map(|x| x.1),
+            (Err(a), Err(b)) => a == b,
+            _ => false,
+        };
+        if same_token && same_tls {
+            return false;
+        }
+        if !same_token && token.is_ok() && current.token.is_ok() {
+            log::info!("the service-account token changed; using the new one");
+        }
+        if !same_tls && tls.is_ok() && current.tls.is_ok() {
+            log::info!("the cluster CA changed; new connections trust the new one");
+        }
+        *self.creds.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Creds { token, tls });
+        self.creds_version.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// The current credentials (takes a read lock: for occasional callers).
+    pub fn current_credentials(&self) -> Arc<Creds> {
+        self.creds.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The current credentials through a per-thread cache: one atomic load per call.
+    pub fn credentials<'a>(&self, cache: &'a mut CredCache) -> &'a Creds {
+        let v = self.creds_version.load(Ordering::Acquire);
+        if cache.creds.is_none() || cache.version != v {
+            cache.creds = Some(self.current_credentials());
+            cache.version = v;
+        }
+        cache.creds.as_deref().unwrap_or_else(|| unreachable!())
+    }
+
+    fn reserve_idle(&self) -> bool {
+        let max = self.config.max_idle;
+        self.idle_total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn release_idle(&self) {
+        self.idle_total.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn usable(&self, conn: &mut Conn, creds: &Creds) -> bool {
+        let idle = conn.idle_since.elapsed();
+        conn.ca_generation == creds.ca_generation()
+            && idle < self.config.idle_timeout
+            && conn.io.buffer().is_empty()
+            // Used within the last second: the server has not timed it out (and a request
+            // without a body is retried on a new connection if it had). Older: ask the socket.
+            && (idle < RECENT || is_quiet(conn.io.get_ref().raw_fd()))
+    }
+
+    /// A connection for one request: the one this client connection kept (`held`), else a live
+    /// idle one from the pool, else a new one.
+    pub fn checkout(&self, creds: &Creds, held: &mut Option<Conn>) -> Result<Conn, UpstreamError> {
+        if let Some(mut conn) = held.take() {
+            self.release_idle();
+            if self.usable(&mut conn, creds) {
                 conn.reused = true;
                 return Ok(conn);
             }
         }
-        self.connect(generation)
+        loop {
+            let candidate = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let Some(mut conn) = candidate else { break };
+            self.release_idle();
+            if self.usable(&mut conn, creds) {
+                conn.reused = true;
+                return Ok(conn);
+            }
+        }
+        self.connect(creds.tls()?)
     }
 
     /// A fresh connection, bypassing the pool (for a retry after a stale pooled one).
-    pub fn connect_new(&self) -> Result<Conn, UpstreamError> {
-        let generation = if self.target.tls {
-            Some(self.tls_config()?)
-        } else {
-            None
-        };
-        self.connect(generation)
+    pub fn connect_new(&self, creds: &Creds) -> Result<Conn, UpstreamError> {
+        self.connect(creds.tls()?)
     }
 
     fn connect(&self, tls: Option<(Arc<ClientConfig>, u64)>) -> Result<Conn, UpstreamError> {
@@ -367,7 +548,7 @@ impl Upstream {
             .map_err(UpstreamError::Io)?;
         self.open.fetch_add(1, Ordering::SeqCst);
         Ok(Conn {
-            io: BufReader::with_capacity(READ_BUF, io),
+            io: UpReader::new(io),
             reused: false,
             ca_generation,
             idle_since: Instant::now(),
@@ -375,23 +556,50 @@ impl Upstream {
         })
     }
 
-    /// Returns a connection whose response was read completely and which may be reused.
-    pub fn checkin(&self, mut conn: Conn) {
-        if !conn.io.buffer().is_empty() || conn.io.get_mut().pending() > 0 {
-            return; // unexpected extra bytes: not reusable
+    fn reusable(conn: &mut Conn) -> bool {
+        // Unexpected extra bytes after the response: not reusable.
+        conn.io.buffer().is_empty() && conn.io.get_mut().pending() == 0
+    }
+
+    /// After a response read to its end: the client connection keeps `conn` for its next
+    /// request (`held`), if the idle budget allows; otherwise it is closed.
+    pub fn keep(&self, mut conn: Conn, held: &mut Option<Conn>) {
+        if !Self::reusable(&mut conn) || !self.reserve_idle() {
+            return;
         }
         conn.idle_since = Instant::now();
         conn.reused = false;
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // Drop expired connections while we are here.
-        let timeout = self.config.idle_timeout;
-        idle.retain(|c| c.idle_since.elapsed() < timeout);
-        if idle.len() < self.config.max_idle {
-            idle.push(conn);
+        if let Some(old) = held.replace(conn) {
+            drop(old);
+            self.release_idle();
         }
     }
 
-    /// Closes idle connections past their timeout (called periodically).
+    /// The client connection is done or idle: its kept connection goes to the shared pool.
+    pub fn release(&self, held: &mut Option<Conn>) {
+        if let Some(conn) = held.take() {
+            // Its idle reservation moves with it.
+            self.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+        }
+    }
+
+    /// Returns a connection straight to the shared pool (if the idle budget allows).
+    pub fn checkin(&self, mut conn: Conn) {
+        if !Self::reusable(&mut conn) || !self.reserve_idle() {
+            return;
+        }
+        conn.idle_since = Instant::now();
+        conn.reused = false;
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+    }
+
+    /// Closes pooled connections past their idle timeout (called periodically).
     pub fn reap_idle(&self) {
         let timeout = self.config.idle_timeout;
         let expired: Vec<Conn> = {
@@ -402,14 +610,18 @@ impl Upstream {
             *idle = keep;
             expired
         };
-        drop(expired);
+        for _ in &expired {
+            self.release_idle();
+        }
     }
 
-    /// Closes every idle connection (at shutdown).
+    /// Closes every pooled connection (at shutdown).
     pub fn close_idle(&self) {
         let all: Vec<Conn> =
             std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
-        drop(all);
+        for _ in &all {
+            self.release_idle();
+        }
     }
 }
 
@@ -476,27 +688,43 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(&**up.token().unwrap(), b"tok");
-        let conns: Vec<Conn> = (0..4).map(|_| up.checkout().unwrap()).collect();
+        let creds = up.current_credentials();
+        assert_eq!(creds.token().unwrap(), b"tok");
+        let mut none = None;
+        let conns: Vec<Conn> = (0..4)
+            .map(|_| up.checkout(&creds, &mut none).unwrap())
+            .collect();
         assert_eq!(up.open_connections(), 4);
         for c in conns {
             up.checkin(c);
         }
         // Only max_idle stay open.
         assert_eq!(up.open_connections(), 2);
-        let c = up.checkout().unwrap();
+        let c = up.checkout(&creds, &mut none).unwrap();
         assert!(c.reused);
         assert_eq!(up.open_connections(), 2);
+        // A client connection keeps it between requests; the budget counts it as idle.
+        let mut held = None;
+        up.keep(c, &mut held);
+        assert!(held.is_some());
+        let extra = up.checkout(&creds, &mut none).unwrap(); // the last pooled one
+        let fresh = up.checkout(&creds, &mut none).unwrap(); // a new one
+        assert_eq!(up.open_connections(), 3);
+        up.checkin(extra); // budget: held + this = 2
+        up.checkin(fresh); // over the budget: closed
+        assert_eq!(up.open_connections(), 2);
+        let c = up.checkout(&creds, &mut held).unwrap();
+        assert!(c.reused && held.is_none());
         drop(c);
         assert_eq!(up.open_connections(), 1);
         up.close_idle();
         assert_eq!(up.open_connections(), 0);
-        // The server saw exactly the four connections (the reuse made none).
+        // The server saw exactly the five connections (the reuses made none).
         let deadline = Instant::now() + Duration::from_secs(5);
-        while accepted.load(Ordering::SeqCst) < 4 && Instant::now() < deadline {
+        while accepted.load(Ordering::SeqCst) < 5 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
