@@ -18,7 +18,9 @@ keep=0
 [ "${1:-}" = "--keep" ] && keep=1
 
 step=0
-STEP() { step=$((step + 1)); printf '\n\033[1m[%d] %s\033[0m\n' "$step" "$*"; }
+bold="" plain=""
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; fi
+STEP() { step=$((step + 1)); printf '\n%s[%d] %s%s\n' "$bold" "$step" "$*" "$plain"; }
 show() { printf '    $ %s\n' "$*"; }
 
 need_cmd curl curl
@@ -102,6 +104,7 @@ env -i "${POD_ENV[@]}" EKS_ACTIVATION_ID="$ACT_ID" EKS_ACTIVATION_CODE="$ACT_COD
     AWS_CA_BUNDLE="$(cat "$WORK/ssm/ca-path")" \
     "$BIN/eks-connector-init" --agent.endpoint="$SSM_URL" --state.baseDir="$WORK/vault" \
     --serviceaccount.dir="$SA" 2>&1 | sed 's/^/    /'
+sleep 0.5 # the stand-in logs every 200 ms
 echo "    registrations at the SSM stand-in: $(grep -c RegisterManagedInstance "$WORK/ssm.log" || true)"
 
 STEP "init --install-launcher: put the agent launcher into the shared volume"
@@ -123,7 +126,7 @@ cat >"$WORK/stand-in-agent" <<AGENT
 # What the SSM agent runs for the EKS console: one curl through the socket.
 echo "stand-in agent: curl --unix-socket $SOCK -H 'x-aws-eks-identity-arn: $CONSOLE_USER' http://localhost/api/v1/namespaces"
 curl -sS --unix-socket "$SOCK" -H "x-aws-eks-identity-arn: $CONSOLE_USER" http://localhost/api/v1/namespaces |
-    sed -n 's/.*"name": *"\([^"]*\)".*/  namespace: \1/p' | sort -u
+    grep -o '"name": *"[^"]*"' | cut -d'"' -f4 | sort -u | sed 's/^/  namespace: /'
 AGENT
 chmod +x "$WORK/stand-in-agent"
 show "eks-connector-agent --state.baseDir=… --serviceaccount.dir=… -- stand-in-agent"
