@@ -72,7 +72,14 @@ case "${1:-release}" in
         ;;
     image) [[ -x scripts/image.sh ]] || die "scripts/image.sh is missing"; exec scripts/image.sh "${@:2}" ;;
     demo) [[ -x scripts/demo.sh ]] || die "scripts/demo.sh is missing"; exec scripts/demo.sh "${@:2}" ;;
-    bench) [[ -x bench/run.sh ]] || die "bench/run.sh is missing"; exec bench/run.sh "${@:2}" ;;
+    bench)
+        # Proxy (vs direct, side by side), agent launcher footprint, init start-up: release builds.
+        for b in bench/run.sh bench/agent.sh bench/init.sh; do
+            [[ -x "$b" ]] || die "$b is missing"
+            say "$b"
+            "$b"
+        done
+        ;;
     -h|--help|help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown command $1 (try ./build.sh --help)" ;;
 esac
