@@ -57,9 +57,11 @@ fn args() -> Res<Args> {
             "--proxy" => a.proxy = v()?.into(),
             "--seconds" => a.seconds = v()?.parse().map_err(|_| "--seconds needs a number")?,
             "--out" => a.out = Some(v()?.into()),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "unknown argument {k}; usage: proxy-bench --proxy PATH [--seconds N] [--out FILE]"
-            )),
+            ))
+            }
         }
     }
     if a.proxy.as_os_str().is_empty() {
@@ -144,6 +146,25 @@ fn run() -> Res<()> {
     }
     std::thread::sleep(Duration::from_secs(1));
     let accepted_during = backend.accepted.load(Ordering::SeqCst) - accepted_before;
+    // A C reverse proxy on the same backend, if nginx is installed: the anchors' reference.
+    let mut nginx_rows = Vec::new();
+    if let Some((mut nginx, port)) = start_nginx(&dir, backend.port, &pki.ca) {
+        for (conns, d, _) in &rows {
+            match load(&Target::Proxy(port), &client_cfg, *conns, dur) {
+                Ok(n) => nginx_rows.push((*conns, n.rps() / d.rps().max(1.0), n)),
+                Err(e) => eprintln!("nginx reference run failed: {e}"),
+            }
+        }
+        let _ = nginx.kill();
+        let _ = nginx.wait();
+        if nginx_rows.is_empty() {
+            let log = std::fs::read_to_string(dir.join("nginx/logs/error.log")).unwrap_or_default();
+            eprintln!(
+                "nginx error log:\n{}",
+                log.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
     let open_after = upstream_connections(pid, backend.port);
     let rss_after = rss_kib(pid);
 
@@ -225,6 +246,15 @@ fn run() -> Res<()> {
             p.pct(50.0),
             p.pct(99.0),
             100.0 * p.rps() / d.rps().max(1.0)
+        ));
+    }
+    for (conns, ratio, n) in &nginx_rows {
+        t.push_str(&format!(
+            "| reference: nginx reverse proxy, TLS upstream, keep-alive | {conns} | {:.0} | {:.3} | {:.3} | {:.0}% |\n",
+            n.rps(),
+            n.pct(50.0),
+            n.pct(99.0),
+            100.0 * ratio
         ));
     }
     t.push_str(&format!(
@@ -524,6 +554,46 @@ fn serve_backend(
     }
 }
 
+// ---------------------------------------------------------------- nginx (reference)
+
+fn start_nginx(dir: &Path, backend: u16, ca: &Path) -> Option<(Child, u16)> {
+    let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let port = free_port().ok()?;
+    let nd = dir.join("nginx");
+    std::fs::create_dir_all(nd.join("logs")).ok()?;
+    let conf = format!(
+        "worker_processes auto;\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log {d}/logs/access.log;\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/pt;\n  \
+         fastcgi_temp_path {d}/ft; uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n  \
+         upstream backend {{ server 127.0.0.1:{backend}; keepalive 32; keepalive_requests 100000000; }}\n  \
+         keepalive_requests 100000000; keepalive_timeout 600s;\n  \
+         server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass https://backend;\n      \
+         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      \
+         proxy_set_header Authorization \"Bearer bench-token-not-a-secret\";\n      \
+         proxy_set_header Impersonate-User $http_x_aws_eks_identity_arn;\n      \
+         proxy_ssl_verify on;\n      proxy_ssl_trusted_certificate {ca};\n      proxy_ssl_name localhost;\n      \
+         proxy_ssl_session_reuse on;\n    }}\n  }}\n}}\n",
+        d = nd.display(),
+        ca = ca.display(),
+    );
+    std::fs::write(nd.join("nginx.conf"), conf).ok()?;
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(&nd)
+        .arg("-c")
+        .arg(nd.join("nginx.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_tcp(port).ok()?;
+    Some((child, port))
+}
+
 // ---------------------------------------------------------------- proxy process
 
 fn start_proxy(
@@ -725,8 +795,10 @@ fn load(t: &Target, cfg: &Arc<ClientConfig>, conns: usize, dur: Duration) -> Res
                 }
                 match read_response(&mut c, &mut line) {
                     Ok(200) => lat.push(t0.elapsed().as_micros() as u32),
-                    _ => {
-                        errors.fetch_add(1, Ordering::SeqCst);
+                    other => {
+                        if errors.fetch_add(1, Ordering::SeqCst) == 0 {
+                            eprintln!("load: {other:?} {line:?}");
+                        }
                         break;
                     }
                 }
