@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::kube::{Client, Endpoint, KubeError, ServiceAccountDir};
+use crate::kube::{Endpoint, KubeError, ServiceAccountDir};
 use crate::signals::Blocked;
 
 pub use pid1::block_signals;
@@ -129,19 +129,17 @@ pub fn run(config: Config, blocked: &Blocked) -> Result<i32, LauncherError> {
         config.base_dir.display(),
         registration.instance_id()
     );
-    let sa = ServiceAccountDir::new(&config.serviceaccount_dir);
-    let client = match &config.endpoint {
-        Some(e) => Client::new(e.clone(), &sa),
-        None => Client::new(Endpoint::from_env().map_err(LauncherError::Kube)?, &sa),
+    let endpoint = match &config.endpoint {
+        Some(e) => e.clone(),
+        None => Endpoint::from_env().map_err(LauncherError::Kube)?,
     };
-    let key_sync = sync::KeySync::start(
-        client,
-        sync::SyncConfig {
-            base_dir: config.base_dir.clone(),
-            namespace: config.namespace.clone(),
-            secret_name: config.secret_name.clone(),
-        },
-    )
+    let key_sync = sync::KeySync::start(sync::SyncConfig {
+        base_dir: config.base_dir.clone(),
+        namespace: config.namespace.clone(),
+        secret_name: config.secret_name.clone(),
+        endpoint,
+        serviceaccount: ServiceAccountDir::new(&config.serviceaccount_dir),
+    })
     .map_err(|e| LauncherError::Internal(format!("cannot start the key-sync thread: {e}")))?;
     if let Some(addr) = &config.health_addr {
         let bound = crate::health::serve(addr, key_sync.ready_check()).map_err(|source| {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::backoff::Backoff;
 use crate::health::ReadyCheck;
-use crate::kube::{Client, KubeError, OnConflict, Secret};
+use crate::kube::{Client, Endpoint, KubeError, OnConflict, Secret, ServiceAccountDir};
 use crate::state::{Registration, FINGERPRINT_FILE, MANIFEST_FILE, REGKEY_FILE};
 
 /// How often the Vault files are checked.
@@ -49,6 +49,11 @@ pub struct SyncConfig {
     pub base_dir: PathBuf,
     pub namespace: String,
     pub secret_name: String,
+    /// The API server and the service-account files. A client is made for each attempt and
+    /// dropped after it: syncs are rare (a rotation every few days), and a pooled connection
+    /// with its TLS state and buffers would otherwise sit in the launcher's memory for good.
+    pub endpoint: Endpoint,
+    pub serviceaccount: ServiceAccountDir,
 }
 
 /// Where the sync stands, for `/readyz` and the final flush.
@@ -83,7 +88,7 @@ pub struct KeySync {
 impl KeySync {
     /// Starts the sync thread. Its first action is to compare the Vault with the Secret (a
     /// rotation may have happened while no launcher ran).
-    pub fn start(client: Client, config: SyncConfig) -> std::io::Result<KeySync> {
+    pub fn start(config: SyncConfig) -> std::io::Result<KeySync> {
         let shared: SharedState = Arc::new((
             Mutex::new(Shared {
                 status: Status::Starting,
@@ -96,7 +101,7 @@ impl KeySync {
         let thread = std::thread::Builder::new()
             .name("key-sync".into())
             .spawn(move || {
-                let mut worker = Worker::new(client, config, s2.clone());
+                let mut worker = Worker::new(config, s2.clone());
                 worker.run();
                 let mut g = lock(&s2);
                 g.finished = true;
@@ -230,7 +235,6 @@ impl Settler {
 }
 
 struct Worker {
-    client: Client,
     config: SyncConfig,
     shared: SharedState,
     paths: [PathBuf; 3],
@@ -249,14 +253,13 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(client: Client, config: SyncConfig, shared: SharedState) -> Worker {
+    fn new(config: SyncConfig, shared: SharedState) -> Worker {
         let paths = [
             config.base_dir.join(MANIFEST_FILE),
             config.base_dir.join(REGKEY_FILE),
             config.base_dir.join(FINGERPRINT_FILE),
         ];
         Worker {
-            client,
             config,
             shared,
             paths,
@@ -343,19 +346,18 @@ impl Worker {
                 self.incomplete_since = None;
                 self.incomplete_warned = false;
                 self.last_incomplete = None;
-                if self.target.as_ref().is_some_and(|t| t.same_files(&reg)) {
-                    return;
+                if !self.target.as_ref().is_some_and(|t| t.same_files(&reg)) {
+                    if self.target.is_some() {
+                        log::info!(
+                            "the Vault changed (key rotation?): instance {}; saving it to Secret {}",
+                            reg.instance_id(),
+                            self.secret_ref()
+                        );
+                    }
+                    self.target = Some(reg);
+                    // A new target is tried at once, whatever the backoff said for the old one.
+                    self.next_attempt = now;
                 }
-                if self.target.is_some() {
-                    log::info!(
-                        "the Vault changed (key rotation?): instance {}; saving it to Secret {}",
-                        reg.instance_id(),
-                        self.secret_ref()
-                    );
-                }
-                self.target = Some(reg);
-                // A new target is tried at once, whatever the backoff said for the old one.
-                self.next_attempt = now;
             }
             Err(e) => {
                 // Settled but not complete: a slow writer paused mid-file, or a broken file.
@@ -425,25 +427,17 @@ impl Worker {
         };
         match self.push(&target) {
             Ok(what) => {
-                if self.failures > 0 || what != Pushed::AlreadyEqual {
-                    log::info!(
-                        "Secret {} {} (instance {}){}",
-                        self.secret_ref(),
-                        what.describe(),
-                        target.instance_id(),
-                        if self.failures > 0 {
-                            format!(" after {} failed attempt(s)", self.failures)
-                        } else {
-                            String::new()
-                        }
-                    );
+                let after = if self.failures > 0 {
+                    format!(" after {} failed attempt(s)", self.failures)
                 } else {
-                    log::info!(
-                        "Secret {} already holds the Vault's registration (instance {})",
-                        self.secret_ref(),
-                        target.instance_id()
-                    );
-                }
+                    String::new()
+                };
+                log::info!(
+                    "Secret {} {} (instance {}){after}",
+                    self.secret_ref(),
+                    what.describe(),
+                    target.instance_id(),
+                );
                 self.saved = Some(target);
                 self.failures = 0;
                 self.backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
@@ -473,9 +467,10 @@ impl Worker {
     /// and writes it if anything differs. Conflicts re-read and retry at once.
     fn push(&self, reg: &Registration) -> Result<Pushed, KubeError> {
         let (ns, name) = (&self.config.namespace, &self.config.secret_name);
+        let client = Client::new(self.config.endpoint.clone(), &self.config.serviceaccount);
         let mut last = None;
         for _ in 0..CONFLICT_RETRIES {
-            let result = match self.client.get_secret(ns, name) {
+            let result = match client.get_secret(ns, name) {
                 Ok(mut secret) => {
                     let mut data = secret.data.clone();
                     reg.apply_to(&mut data);
@@ -483,7 +478,7 @@ impl Worker {
                         return Ok(Pushed::AlreadyEqual);
                     }
                     secret.data = data;
-                    self.client
+                    client
                         .update_secret(&secret, OnConflict::Fail)
                         .map(|_| Pushed::Updated)
                 }
@@ -498,7 +493,7 @@ impl Worker {
                     let mut secret = Secret::new(ns, name);
                     secret.labels.insert("name".into(), name.clone());
                     reg.apply_to(&mut secret.data);
-                    self.client.create_secret(&secret).map(|_| Pushed::Created)
+                    client.create_secret(&secret).map(|_| Pushed::Created)
                 }
                 Err(e) => Err(e),
             };
@@ -524,17 +519,21 @@ impl Worker {
                         self.next_attempt = Instant::now();
                     }
                 }
-                Err(e) => log::warn!("at exit the Vault is not complete ({e}); keeping the last complete registration"),
+                Err(e) => log::warn!(
+                    "at exit the Vault is not complete ({e}); the last complete registration \
+                     stays the one to save"
+                ),
             }
         }
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
+        // Short delays now: the caller stops waiting after a few seconds.
+        self.backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
+        self.next_attempt = Instant::now();
         while self.pending() {
-            self.next_attempt = Instant::now();
-            self.maybe_push();
-            if !self.pending() {
-                break;
+            let now = Instant::now();
+            if now < self.next_attempt {
+                std::thread::sleep(self.next_attempt - now);
             }
-            std::thread::sleep(backoff.next_delay());
+            self.maybe_push();
         }
     }
 }
