@@ -134,18 +134,19 @@ fn run() -> Res<()> {
         return Ok(());
     }
     let mut rows = Vec::new();
-    let accepted_before = backend.accepted.load(Ordering::SeqCst);
+    let mut accepted_during = 0;
     let mut peak = 0;
     for conns in [1usize, 16] {
         let d = load(&Target::Direct(backend.port), &client_cfg, conns, dur)?;
+        let before = backend.accepted.load(Ordering::SeqCst);
         let (p, peak_rss) = with_rss_sampler(pid, || {
             load(&Target::Proxy(tcp_port), &client_cfg, conns, dur)
         })?;
+        accepted_during += backend.accepted.load(Ordering::SeqCst) - before;
         peak = peak.max(peak_rss);
         rows.push((conns, d, p));
     }
     std::thread::sleep(Duration::from_secs(1));
-    let accepted_during = backend.accepted.load(Ordering::SeqCst) - accepted_before;
     // A C reverse proxy on the same backend, if nginx is installed: the anchors' reference.
     let mut nginx_rows = Vec::new();
     if let Some((mut nginx, port)) = start_nginx(&dir, backend.port, &pki.ca) {

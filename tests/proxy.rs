@@ -864,6 +864,48 @@ fn table_accept_header_returns_a_table() {
         .as_array()
         .is_some_and(|c| !c.is_empty()));
     assert!(body.contains("\"t\""));
+
+    // Other shapes clients use: HTTP/1.0, HEAD, gzip, Expect: 100-continue, kubectl-style
+    // keep-alive with several requests on one connection.
+    let cms = format!("/api/v1/namespaces/{}/configmaps", ns.name);
+    let (code, body) = proxy.curl(Some(&alice), &["-0"], &cms);
+    assert_eq!(code, 200);
+    assert_eq!(json_of(&body)["items"][0]["metadata"]["name"], "t");
+    // The API server answers HEAD on a list with 405: passed through, headers only, no body.
+    let (code, body) = proxy.curl(Some(&alice), &["-I"], &cms);
+    assert_eq!(code, 405, "{body}");
+    assert!(body.contains("Audit-Id:") && !body.contains("\"kind\""), "{body}");
+    let (code, body) = proxy.curl(Some(&alice), &["--compressed"], &cms);
+    assert_eq!(code, 200);
+    assert_eq!(json_of(&body)["kind"], "ConfigMapList");
+    let (code, _) = proxy.curl(
+        Some(&alice),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Expect: 100-continue",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &configmap("viewer-may-not", json!({})).to_string(),
+        ],
+        &cms,
+    );
+    assert_eq!(code, 403); // answered by the API server: the body went through
+    let mut s = UnixStream::connect(&proxy.sock).unwrap();
+    for _ in 0..3 {
+        write!(
+            s,
+            "GET {cms}/t HTTP/1.1\r\nHost: localhost\r\nx-aws-eks-identity-arn: {alice}\r\n\r\n"
+        )
+        .unwrap();
+        let resp = read_one_response(&mut s);
+        assert!(
+            resp.starts_with("HTTP/1.1 200 ") && resp.contains("\"a\":\"b\""),
+            "{resp}"
+        );
+    }
 }
 
 /// Reads one response with a Content-Length body from a kept-alive connection.
