@@ -126,6 +126,26 @@ struct Launcher {
 
 impl Launcher {
     fn start(s: &Setup, agent_args: &[&str], env: &[(&str, &str)]) -> Launcher {
+        Launcher::start_under(&[], s, agent_args, env)
+    }
+
+    /// Runs the launcher as PID 1 of a new pid namespace (with its own /proc), as in a
+    /// container: `pid()` is then `unshare`'s, and [`Launcher::host_pid`] the launcher's.
+    fn start_as_pid1(s: &Setup, agent_args: &[&str], env: &[(&str, &str)]) -> Launcher {
+        let mut prefix = vec!["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"];
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            prefix.extend(["--user", "--map-root-user"]);
+        }
+        Launcher::start_under(&prefix, s, agent_args, env)
+    }
+
+    fn start_under(
+        prefix: &[&str],
+        s: &Setup,
+        agent_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Launcher {
         let health = free_port();
         let log = s.fake.join("launcher.log");
         // The benchmark may point at another build (the static musl binary that ships).
@@ -133,7 +153,14 @@ impl Launcher {
             .ok()
             .filter(|b| !b.is_empty())
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_eks-connector-agent").to_string());
-        let mut cmd = Command::new(bin);
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg(format!("--state.baseDir={}", s.vault.display()))
             .args(["--state.secretNamespace", &s.ns.name])
             .arg("--serviceaccount.dir")
@@ -274,13 +301,25 @@ fn stat_of(pid: i32) -> Option<(char, i32)> {
     Some((f.next()?.chars().next()?, f.next()?.parse().ok()?))
 }
 
-/// Children of `parent` in state Z.
-fn zombie_children(parent: i32) -> Vec<i32> {
+/// Children of `parent`: `(pid, state)`.
+fn children(parent: i32) -> Vec<(i32, char)> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| matches!(stat_of(pid), Some(('Z', pp)) if pp == parent))
+        .filter_map(|pid| match stat_of(pid) {
+            Some((state, pp)) if pp == parent => Some((pid, state)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Children of `parent` in state Z.
+fn zombie_children(parent: i32) -> Vec<i32> {
+    children(parent)
+        .into_iter()
+        .filter(|(_, state)| *state == 'Z')
+        .map(|(pid, _)| pid)
         .collect()
 }
 
@@ -600,6 +639,47 @@ fn a_reparented_grandchild_is_reaped_not_left_a_zombie() {
     assert!(l.running());
     l.signal(libc::SIGTERM);
     assert_eq!(l.wait_exit(Duration::from_secs(20)).code(), Some(0));
+}
+
+#[test]
+fn as_pid1_of_a_pid_namespace_it_forwards_reaps_and_exits_with_the_agents_code() {
+    let s = setup("pid1");
+    let mut l = Launcher::start_as_pid1(&s, &["reparent"], &[("FAKE_TERM_EXIT", "42")]);
+    l.agent_pid();
+    let launcher = wait_for(Duration::from_secs(10), || {
+        let kids = children(l.pid());
+        (kids.len() == 1).then(|| kids[0].0)
+    })
+    .expect("unshare did not start the launcher");
+    // Inside its namespace the launcher is PID 1 (NSpid: host pid, then namespace pid).
+    let status = std::fs::read_to_string(format!("/proc/{launcher}/status")).unwrap();
+    let nspid = status.lines().find(|x| x.starts_with("NSpid:")).unwrap();
+    assert_eq!(nspid.split_whitespace().last(), Some("1"), "{nspid}");
+    // The orphaned grandchild (a re-parented worker) shows up as the launcher's child, then
+    // exits after 1 s and must be reaped: PID 1 has no one else to do it.
+    wait_for(Duration::from_secs(5), || {
+        (children(launcher).len() >= 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no orphan re-parented to PID 1: {:?}", children(launcher)));
+    wait_for(Duration::from_secs(10), || {
+        (children(launcher).len() == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("PID 1 left {:?}; log:\n{}", children(launcher), l.log()));
+    assert_eq!(zombie_children(launcher), Vec::<i32>::new());
+    // Signals from the runtime (outside the namespace) reach the agent.
+    // SAFETY: plain kill(2) on a process of ours.
+    assert_eq!(unsafe { libc::kill(launcher, libc::SIGUSR1) }, 0);
+    wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(s.fake.join("signals"))
+            .ok()?
+            .contains("USR1")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("SIGUSR1 did not reach the agent; log:\n{}", l.log()));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(launcher, libc::SIGTERM) }, 0);
+    let st = l.wait_exit(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(42), "{st:?}; log:\n{}", l.log());
 }
 
 #[test]

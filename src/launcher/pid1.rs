@@ -146,9 +146,23 @@ pub fn supervise(blocked: &Blocked, agent: i32) -> io::Result<Exit> {
     }
 }
 
-/// Our children (re-parented orphans included), from /proc: `(pid, state)`.
+/// Whether /proc belongs to our pid namespace (it does in a container; it does not when a pid
+/// namespace was made without mounting a new /proc). Pids read from a foreign /proc must never
+/// be signalled.
+fn proc_is_ours() -> bool {
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    std::fs::read_link("/proc/self").is_ok_and(|p| p.to_str() == Some(&me.to_string()))
+}
+
+/// Our children (re-parented orphans included), from /proc: `(pid, state)`. Empty when /proc
+/// is not our pid namespace's.
 pub fn children_of(parent: i32) -> Vec<(i32, char)> {
     let mut out = Vec::new();
+    if !proc_is_ours() {
+        log::debug!("/proc is not this pid namespace's; not looking for descendants there");
+        return out;
+    }
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
     };
