@@ -29,8 +29,8 @@ const FLAGS: &[(&str, &str)] = &[
         "service-account token and CA (default the in-pod path)",
     ),
     (
-        "--health.addr ADDR",
-        "serve /healthz and /readyz on ADDR, e.g. :8081 (default off)",
+        "--health.addr HOST:PORT",
+        "serve /healthz and /readyz (ready: the Secret holds the Vault's key), e.g. 0.0.0.0:8082",
     ),
     (
         "-- AGENT_COMMAND...",
