@@ -297,7 +297,7 @@ fn exchange(
         framing,
     );
     let mut conn = up
-        .checkout(creds, &mut state.held)
+        .checkout(creds, &mut state.held, framing == Framing::Empty)
         .map_err(Failure::Upstream)?;
     let mut retried = false;
     loop {
@@ -316,8 +316,7 @@ fn exchange(
                 expect_continue,
             )
         };
-        let result =
-            sent.and_then(|_| read_head(shared, stream, &mut conn, head.method(), &mut state.resp));
+        let result = sent.and_then(|_| read_head(shared, stream, &mut conn, &mut state.resp));
         match result {
             Ok(()) => return Ok(conn),
             Err(Failure::Upstream(e)) if conn.reused && !retried && framing == Framing::Empty => {
@@ -389,7 +388,6 @@ fn read_head(
     shared: &Shared,
     stream: &Stream,
     conn: &mut Conn,
-    method: &str,
     resp: &mut ResponseHead,
 ) -> Result<(), Failure> {
     let bad = |w| Err(Failure::Upstream(UpstreamError::BadResponse(w)));
@@ -404,7 +402,7 @@ fn read_head(
         }
         match resp.status {
             101 => return bad("unexpected protocol switch"),
-            100..=199 if method != "HEAD" => continue,
+            100..=199 => continue,
             _ => return Ok(()),
         }
     }

@@ -361,7 +361,7 @@ pub(crate) fn probe(up: &Upstream, path: &str) -> Result<u16, upstream::Upstream
         )
         .as_bytes(),
     );
-    let mut conn = up.checkout(&creds, &mut None)?;
+    let mut conn = up.checkout(&creds, &mut None, false)?;
     let w = conn.io.get_mut();
     w.write_all(&req)
         .and_then(|_| w.flush())

@@ -14,7 +14,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
@@ -319,12 +319,67 @@ pub struct Upstream {
     /// Idle connections anywhere: in `idle` or held by a client connection between its requests.
     idle_total: AtomicUsize,
     open: Arc<AtomicUsize>,
+    /// Queue of the handshake threads (TLS targets only).
+    handshakes: Option<mpsc::Sender<Handshake>>,
+}
+
+/// A TLS handshake to run on a handshake thread.
+struct Handshake {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    tcp: TcpStream,
+    reply: mpsc::SyncSender<Result<(ClientConnection, TcpStream), UpstreamError>>,
+}
+
+impl Handshake {
+    fn run(self) -> Result<(ClientConnection, TcpStream), UpstreamError> {
+        let mut tcp = self.tcp;
+        let mut conn = ClientConnection::new(self.config, self.name)
+            .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp)
+                .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+        }
+        Ok((conn, tcp))
+    }
+}
+
+/// Handshake threads: two, so one slow server does not hold up every new connection.
+const HANDSHAKE_THREADS: usize = 2;
+
+fn start_handshake_threads() -> Option<mpsc::Sender<Handshake>> {
+    let (tx, rx) = mpsc::channel::<Handshake>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..HANDSHAKE_THREADS {
+        let rx = rx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("tls-handshake-{i}"))
+            .stack_size(256 << 10)
+            .spawn(move || loop {
+                let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                };
+                let reply = job.reply.clone();
+                let _ = reply.send(job.run());
+            });
+        if spawned.is_err() {
+            // Without handshake threads, connection threads do their own handshakes.
+            return None;
+        }
+    }
+    Some(tx)
 }
 
 impl Upstream {
     pub fn new(target: Target, sa_dir: &Path, config: PoolConfig) -> Result<Upstream, String> {
         let server_name = if target.tls {
             Some(crate::tls::server_name(&target.host).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let handshakes = if target.tls {
+            start_handshake_threads()
         } else {
             None
         };
@@ -343,6 +398,7 @@ impl Upstream {
             idle: Mutex::new(Vec::new()),
             idle_total: AtomicUsize::new(0),
             open: Arc::new(AtomicUsize::new(0)),
+            handshakes,
         };
         up.refresh_credentials();
         Ok(up)
@@ -464,22 +520,28 @@ impl Upstream {
         self.idle_total.fetch_sub(1, Ordering::AcqRel);
     }
 
-    fn usable(&self, conn: &mut Conn, creds: &Creds) -> bool {
+    fn usable(&self, conn: &mut Conn, creds: &Creds, retryable: bool) -> bool {
         let idle = conn.idle_since.elapsed();
         conn.ca_generation == creds.ca_generation()
             && idle < self.config.idle_timeout
             && conn.io.buffer().is_empty()
-            // Used within the last second: the server has not timed it out (and a request
-            // without a body is retried on a new connection if it had). Older: ask the socket.
-            && (idle < RECENT || is_quiet(conn.io.get_ref().raw_fd()))
+            // Used within the last second by a request that can be retried on a new connection
+            // (no body): the server has not timed it out. Otherwise ask the socket.
+            && ((retryable && idle < RECENT) || is_quiet(conn.io.get_ref().raw_fd()))
     }
 
     /// A connection for one request: the one this client connection kept (`held`), else a live
-    /// idle one from the pool, else a new one.
-    pub fn checkout(&self, creds: &Creds, held: &mut Option<Conn>) -> Result<Conn, UpstreamError> {
+    /// idle one from the pool, else a new one. `retryable`: the request has no body, so a
+    /// failure before the answer can be retried on a new connection.
+    pub fn checkout(
+        &self,
+        creds: &Creds,
+        held: &mut Option<Conn>,
+        retryable: bool,
+    ) -> Result<Conn, UpstreamError> {
         if let Some(mut conn) = held.take() {
             self.release_idle();
-            if self.usable(&mut conn, creds) {
+            if self.usable(&mut conn, creds, retryable) {
                 conn.reused = true;
                 return Ok(conn);
             }
@@ -488,7 +550,7 @@ impl Upstream {
             let candidate = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let Some(mut conn) = candidate else { break };
             self.release_idle();
-            if self.usable(&mut conn, creds) {
+            if self.usable(&mut conn, creds, retryable) {
                 conn.reused = true;
                 return Ok(conn);
             }
@@ -531,15 +593,9 @@ impl Upstream {
                     .server_name
                     .clone()
                     .ok_or_else(|| UpstreamError::Tls("no server name".into()))?;
-                let mut conn = ClientConnection::new(config, name)
-                    .map_err(|e| UpstreamError::Tls(e.to_string()))?;
-                let mut tcp = tcp;
                 tcp.set_read_timeout(Some(self.config.connect_timeout))
                     .map_err(UpstreamError::Io)?;
-                while conn.is_handshaking() {
-                    conn.complete_io(&mut tcp)
-                        .map_err(|e| UpstreamError::Tls(e.to_string()))?;
-                }
+                let (conn, tcp) = self.handshake(config, name, tcp)?;
                 (Io::Tls(Box::new(StreamOwned::new(conn, tcp))), generation)
             }
         };
@@ -554,6 +610,34 @@ impl Upstream {
             idle_since: Instant::now(),
             open: self.open.clone(),
         })
+    }
+
+    /// The TLS handshake, run by a handshake thread: its deep stack (key exchange, certificate
+    /// verification) is touched there once, not in each of up to a thousand small connection
+    /// threads that would keep those pages for as long as their watch lasts.
+    fn handshake(
+        &self,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+        tcp: TcpStream,
+    ) -> Result<(ClientConnection, TcpStream), UpstreamError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job = Handshake {
+            config,
+            name,
+            tcp,
+            reply,
+        };
+        match &self.handshakes {
+            Some(tx) => {
+                tx.send(job)
+                    .map_err(|_| UpstreamError::Tls("the handshake threads are gone".into()))?;
+                answer
+                    .recv()
+                    .map_err(|_| UpstreamError::Tls("the handshake thread failed".into()))?
+            }
+            None => job.run(),
+        }
     }
 
     fn reusable(conn: &mut Conn) -> bool {
@@ -692,7 +776,7 @@ mod tests {
         assert_eq!(creds.token().unwrap(), b"tok");
         let mut none = None;
         let conns: Vec<Conn> = (0..4)
-            .map(|_| up.checkout(&creds, &mut none).unwrap())
+            .map(|_| up.checkout(&creds, &mut none, false).unwrap())
             .collect();
         assert_eq!(up.open_connections(), 4);
         for c in conns {
@@ -700,20 +784,20 @@ mod tests {
         }
         // Only max_idle stay open.
         assert_eq!(up.open_connections(), 2);
-        let c = up.checkout(&creds, &mut none).unwrap();
+        let c = up.checkout(&creds, &mut none, false).unwrap();
         assert!(c.reused);
         assert_eq!(up.open_connections(), 2);
         // A client connection keeps it between requests; the budget counts it as idle.
         let mut held = None;
         up.keep(c, &mut held);
         assert!(held.is_some());
-        let extra = up.checkout(&creds, &mut none).unwrap(); // the last pooled one
-        let fresh = up.checkout(&creds, &mut none).unwrap(); // a new one
+        let extra = up.checkout(&creds, &mut none, false).unwrap(); // the last pooled one
+        let fresh = up.checkout(&creds, &mut none, false).unwrap(); // a new one
         assert_eq!(up.open_connections(), 3);
         up.checkin(extra); // budget: held + this = 2
         up.checkin(fresh); // over the budget: closed
         assert_eq!(up.open_connections(), 2);
-        let c = up.checkout(&creds, &mut held).unwrap();
+        let c = up.checkout(&creds, &mut held, true).unwrap();
         assert!(c.reused && held.is_none());
         drop(c);
         assert_eq!(up.open_connections(), 1);
