@@ -874,7 +874,10 @@ fn table_accept_header_returns_a_table() {
     // The API server answers HEAD on a list with 405: passed through, headers only, no body.
     let (code, body) = proxy.curl(Some(&alice), &["-I"], &cms);
     assert_eq!(code, 405, "{body}");
-    assert!(body.contains("Audit-Id:") && !body.contains("\"kind\""), "{body}");
+    assert!(
+        body.contains("Audit-Id:") && !body.contains("\"kind\""),
+        "{body}"
+    );
     let (code, body) = proxy.curl(Some(&alice), &["--compressed"], &cms);
     assert_eq!(code, 200);
     assert_eq!(json_of(&body)["kind"], "ConfigMapList");
@@ -1112,6 +1115,58 @@ fn sigterm_lets_a_slow_response_finish_removes_the_socket_and_exits_0() {
         .expect("proxy did not exit");
     assert_eq!(status.code(), Some(0), "{}", proxy.log_text());
     eprintln!("proxy exited {:?} after SIGTERM", signalled.elapsed());
+}
+
+#[test]
+fn sigint_past_the_grace_period_ends_streams_and_exits_0() {
+    let env = common::cluster();
+    let ns = env.namespace("proxy-grace");
+    let alice = arn(&ns, "alice");
+    grant_impersonation(&ns, "connector", &[&alice]);
+    bind_user(&ns, "view", &alice);
+    env.admin_request(
+        "POST",
+        &format!("/api/v1/namespaces/{}/configmaps", ns.name),
+        Some(&configmap("first", json!({}))),
+    )
+    .unwrap();
+    let mut proxy = Proxy::for_ns("grace", &ns, &["--shutdown.grace=1s"]);
+    // A watch that would run for 5 minutes.
+    let mut watch = Command::new("curl")
+        .args(["-sS", "-N", "--unix-socket"])
+        .arg(&proxy.sock)
+        .args(["-H", &format!("x-aws-eks-identity-arn: {alice}")])
+        .arg(format!(
+            "http://localhost/api/v1/namespaces/{}/configmaps?watch=true&timeoutSeconds=300",
+            ns.name
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = watch.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("ADDED") {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "watch ended before its first event");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    proxy.signal(libc::SIGINT);
+    let status = proxy
+        .wait_exit(Duration::from_secs(30))
+        .expect("proxy did not exit after its grace period");
+    assert_eq!(status.code(), Some(0), "{}", proxy.log_text());
+    assert!(!proxy.sock.exists());
+    // The stream was ended without its last chunk: curl reports an incomplete transfer.
+    let _ = out.read_to_end(&mut seen);
+    let curl = watch.wait().unwrap();
+    assert!(!curl.success(), "the watch looked complete");
+    assert!(
+        proxy.log_text().contains("still running after"),
+        "{}",
+        proxy.log_text()
+    );
 }
 
 #[test]
