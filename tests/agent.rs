@@ -783,7 +783,7 @@ fn status_kib(pid: i32, field: &str) -> u64 {
 #[test]
 #[ignore = "benchmark: run bench/agent.sh"]
 fn bench_footprint() {
-    const ROTATIONS: usize = 5;
+    const ROTATIONS: usize = 10;
     let s = setup("bench");
     let mut l = Launcher::start(&s, &[], &[("FAKE_DELAY", "0.05")]);
     l.wait_ready();
@@ -792,6 +792,7 @@ fn bench_footprint() {
     for i in 0..ROTATIONS {
         let new = registration("mi-0123456789abcdef0").regkey().to_vec();
         let _ = std::fs::remove_file(s.fake.join("rotated"));
+        let log_before = l.log().len();
         request_rotation(&s.fake, &new);
         // Poll the Secret every 10 ms: the figure is at most that much (plus one GET) late.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -817,6 +818,16 @@ fn bench_footprint() {
             .unwrap()
             .as_secs_f64();
         latencies.push(synced - last_write);
+        if synced - last_write > 1.0 {
+            // Slow: show when the launcher saw the change and saved it (machine busy?).
+            println!(
+                "launcher: rotation {i} took {:.0} ms:",
+                (synced - last_write) * 1000.0
+            );
+            for line in l.log()[log_before..].lines() {
+                println!("launcher: {line}");
+            }
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
     // Supervising at rest.
@@ -828,6 +839,18 @@ fn bench_footprint() {
         status_kib(pid, "RssFile"),
         status_kib(pid, "VmHWM"),
     );
+    let each: Vec<String> = latencies
+        .iter()
+        .map(|x| format!("{:.0}", x * 1000.0))
+        .collect();
+    println!("sync latencies in order (ms): {}", each.join(" "));
+    for line in l
+        .log()
+        .lines()
+        .filter(|x| x.contains(" ERROR ") || x.contains(" WARN "))
+    {
+        println!("launcher: {line}");
+    }
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
         "launcher VmRSS at rest: {rss} KiB ({anon} KiB anonymous + {file} KiB file-backed binary \
