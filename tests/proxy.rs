@@ -987,6 +987,7 @@ fn a_large_list_streams_through_with_flat_memory_and_connections_are_reused() {
     let (code, _) = proxy.curl(Some(&alice), &[], "/version");
     assert_eq!(code, 200);
     let before = proxy.status_of("VmHWM:");
+    let rss_before = proxy.status_of("VmRSS:");
     let (code, body) = proxy.curl(
         Some(&alice),
         &[],
@@ -1001,9 +1002,15 @@ fn a_large_list_streams_through_with_flat_memory_and_connections_are_reused() {
         body.len()
     );
     // Buffering the list would raise the peak by its size (~8 MiB); streaming needs buffers only.
+    // VmHWM is the peak of VmRSS: even a moment of buffering would show.
     assert!(
         after < before + 3 * 1024,
         "peak RSS grew from {before} KiB to {after} KiB"
+    );
+    let rss_after = proxy.status_of("VmRSS:");
+    assert!(
+        rss_after < rss_before + 3 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
 
     // Sequential requests reuse one kept-alive upstream connection instead of opening new ones.
