@@ -363,6 +363,12 @@ fn a_slow_rotation_reaches_the_secret_exactly_and_never_half_written() {
         saw_partial_file,
         "the fake agent never left a half-written file to see"
     );
+    // The launcher did look at settled half-written files, and refused them.
+    assert!(
+        l.log().contains("Vault not complete yet"),
+        "the launcher never saw a settled partial file (slow pieces vs quiet period?):\n{}",
+        l.log()
+    );
     let data = saw_new
         .unwrap_or_else(|| panic!("the new key never reached the Secret; log:\n{}", l.log()));
     assert!(
