@@ -8,6 +8,7 @@
 # the rustup targets), then checks every binary: statically linked, stripped, and `--version`
 # runs (aarch64 under qemu-aarch64).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 

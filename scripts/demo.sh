@@ -11,6 +11,7 @@
 # There is no kubelet here: the StatefulSet is accepted by the API server but its pods are run by
 # this script, with the same flags, as plain processes.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 

@@ -13,6 +13,7 @@
 # Prints each architecture's uncompressed size (layers without compression, plus config) against
 # the 5 MiB budget, and writes it to dist/image-size.txt.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced: ROOT, BINARIES are used by the scripts
 # Shared helpers for scripts/*.sh (sourced, not run). Each script installs what it needs on a
 # fresh Debian machine and fails with one clear line when it cannot.
 
