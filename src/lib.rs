@@ -2,9 +2,15 @@
 //! SSM agent, and proxies the EKS console's Kubernetes API requests with impersonation.
 //!
 //! Synchronous, thread-per-connection code; one module per domain:
+//! - [`init`]: the init container (register with SSM or reuse, Vault first, then the Secret);
+//! - [`launcher`]: PID 1 in the SSM agent's container, and the key-rotation sync;
+//! - [`proxy`]: the fail-closed, streaming, pooled Kubernetes API proxy;
+//! - [`ssm`]: the one AWS call, `RegisterManagedInstance`, with endpoints and egress proxies;
+//! - [`state`]: the SSM agent's Vault files and the state Secret, byte for byte;
 //! - [`kube`]: the Kubernetes REST client (Secrets, `Status` errors, in-cluster config);
-//! - [`tls`]: rustls configuration shared by every client;
-//! - [`cli`]: what the three thin mains in `bin/` share.
+//!
+//! and the plumbing they share: [`tls`], [`cli`], [`backoff`], [`signals`], [`health`],
+//! [`watched_file`], [`random`], [`utc`].
 
 pub mod backoff;
 pub mod cli;
@@ -18,6 +24,7 @@ pub mod signals;
 pub mod ssm;
 pub mod state;
 pub mod tls;
+pub mod utc;
 pub mod watched_file;
 
 /// The version every binary reports and sends in `User-Agent`.

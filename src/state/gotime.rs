@@ -2,17 +2,14 @@
 //! `2006-01-02 15:04:05.999999999 -0700 MST` (fraction without trailing zeros, no dot when zero).
 //! We always write UTC, as the original does in a container without a time zone.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// `t` in Go's default layout, in UTC. Times before 1970 are clamped to the epoch (they cannot
 /// come from a clock that runs a connector).
 pub fn format_go_utc(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let nanos = d.subsec_nanos();
-    let (y, mo, day) = civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    let (h, mi, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    let u = crate::utc::Utc::from(t);
+    let (y, mo, day, h, mi, s, nanos) =
+        (u.year, u.month, u.day, u.hour, u.minute, u.second, u.nanos);
     let mut out = format!("{y:04}-{mo:02}-{day:02} {h:02}:{mi:02}:{s:02}");
     if nanos != 0 {
         let frac = format!("{nanos:09}");
@@ -23,24 +20,10 @@ pub fn format_go_utc(t: SystemTime) -> String {
     out
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn at(secs: u64, nanos: u32) -> SystemTime {
         UNIX_EPOCH + Duration::new(secs, nanos)
