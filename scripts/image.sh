@@ -146,6 +146,8 @@ else
         report_size "$oarch" "$(oci_size "$tmp/oci")"
         rm -rf "$tmp"
     done
+    # Earlier builds' images, now untagged, would pile up in vfs storage (full copies each).
+    bh rmi --prune >/dev/null 2>&1 || true
     say "buildah manifest push --all -> $archive"
     bh manifest push --all --quiet "$name:$version" "oci-archive:$archive:$name:$version" >&2 ||
         die "buildah manifest push to $archive failed"

@@ -310,12 +310,15 @@ fn proxy_inside_the_image_serves_requests_from_the_socket() {
         user: None,
     };
     let target = format!("--proxy.targetHost={}", api_target());
-    // The original's argument list: the `server` word through the entrypoint, its flags.
+    // The original's argument list: the `server` word through the entrypoint, its flags
+    // (plus where the API server is, which a pod would find at kubernetes.default.svc).
     let mut proxy = c.spawn(
         &run,
         &[
             &format!("{BIN_DIR}/eks-connector"),
             "server",
+            // What the original Helm chart passes to `server`.
+            "--state.secretNamespace=eks-connector",
             "--proxy.socketType=unix",
             &target,
         ],

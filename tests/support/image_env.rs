@@ -61,6 +61,7 @@ pub fn image() -> &'static Image {
             out.status,
             tail(&String::from_utf8_lossy(&out.stderr), 60)
         );
+        sweep_stale_containers();
         let cargo = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
         let version = cargo
             .lines()
@@ -73,6 +74,31 @@ pub fn image() -> &'static Image {
             dist: root().join("dist"),
         }
     })
+}
+
+/// Removes working containers left by test processes that died before dropping them.
+fn sweep_stale_containers() {
+    let Ok(out) = buildah()
+        .args(["containers", "--format", "{{.ContainerName}}"])
+        .output()
+    else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(rest) = name.strip_prefix("eks-connector-test-") else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next() else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = buildah()
+                .args(["rm", name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 pub fn tail(s: &str, lines: usize) -> String {
