@@ -43,7 +43,7 @@ fn usage_exit(e: cli::UsageError) -> ! {
     std::process::exit(EXIT_USAGE);
 }
 
-fn main() {
+pub fn main() {
     // First, before any thread exists: every thread inherits the blocked mask.
     let blocked = match launcher::block_signals() {
         Ok(b) => b,

@@ -99,7 +99,7 @@ fn trimmed(what: &str, v: String) -> String {
     t.to_string()
 }
 
-fn main() {
+pub fn main() {
     let args = std::env::args_os().skip(1).collect();
     let about = about();
     let mut flags = match Flags::from_args(PROGRAM, &about, FLAGS, args) {

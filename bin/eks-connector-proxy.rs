@@ -94,7 +94,7 @@ const FLAGS: &[(&str, &str)] = &[
     ),
 ];
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let mut flags = match Flags::from_args(
         "eks-connector-proxy",
         "Proxies the EKS console's Kubernetes API requests with impersonation.",

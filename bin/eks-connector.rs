@@ -1,23 +1,30 @@
-//! `eks-connector`: the image's entrypoint, so the original's argument lists work unchanged.
+//! `eks-connector`: one static binary for the whole image (multi-call), so the three programs
+//! share one copy of std, rustls, ring, ureq and the Mozilla roots (the image is ~2.6 MiB instead
+//! of ~6.5 MiB with four separate binaries).
 //!
-//! The original image runs one binary as `… init --activation.id=…` (init container) and
-//! `… server --proxy.…` (proxy container). A scratch image has no shell, so this tiny binary maps
-//! the first word to the sibling binary in the same directory and `exec`s it with the rest:
-//! `init` → `eks-connector-init`, `server` (or `proxy`) → `eks-connector-proxy`,
-//! `agent` → `eks-connector-agent`.
+//! - Called as `eks-connector-init`, `eks-connector-proxy` or `eks-connector-agent` (the image's
+//!   symlinks, or the launcher copied into the agent's volume): runs that program.
+//! - Called as `eks-connector WORD …` (the image's entrypoint, the original's argument lists):
+//!   `init` → init, `server` (or `proxy`) → proxy, `agent` → agent. The program is re-executed
+//!   with its own name as argv[0] and the rest of the arguments, so each main sees exactly the
+//!   argument list it would as its own binary.
+//!
+//! The three mains stay in their own files and binaries (tests use those); this file includes
+//! them as modules, which needs each to be `pub fn main`.
+
+#[path = "eks-connector-agent.rs"]
+mod agent;
+#[path = "eks-connector-init.rs"]
+mod init;
+#[path = "eks-connector-proxy.rs"]
+mod proxy;
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, ExitCode};
 
-/// Same as `eks_connector::cli::EXIT_USAGE`; this binary uses only std so it stays tiny and can
-/// be built on its own (`rustc bin/eks-connector.rs`).
-const EXIT_USAGE: i32 = 2;
-const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// Where the binaries live in the image, if neither argv[0] nor /proc says where we are.
-const FALLBACK_DIR: &str = "/usr/local/bin";
+use eks_connector::cli::EXIT_USAGE;
 
 const USAGE: &str = "usage: eks-connector init|server|agent [FLAGS...]\n  \
 init    register with SSM and write the Vault (eks-connector-init)\n  \
@@ -25,7 +32,8 @@ server  the Kubernetes API proxy (eks-connector-proxy; `proxy` works too)\n  \
 agent   launch and guard the SSM agent (eks-connector-agent)\n\
 Each command's flags: eks-connector COMMAND --help";
 
-fn target(word: &OsStr) -> Option<&'static str> {
+/// The program for a first word of the original's argument lists.
+fn program_for_word(word: &OsStr) -> Option<&'static str> {
     match word.to_str()? {
         "init" => Some("eks-connector-init"),
         "server" | "proxy" => Some("eks-connector-proxy"),
@@ -34,60 +42,65 @@ fn target(word: &OsStr) -> Option<&'static str> {
     }
 }
 
-/// The directory this binary was started from: argv[0] when it names a path, else /proc/self/exe.
-fn own_dir(argv0: Option<&OsStr>) -> PathBuf {
-    if let Some(a) = argv0 {
-        let p = Path::new(a);
-        if p.components().count() > 1 {
-            if let Some(parent) = p.parent() {
-                return parent.to_path_buf();
-            }
-        }
+/// The program named by argv[0], if it is one of ours.
+fn program_for_argv0(argv0: &OsStr) -> Option<&'static str> {
+    match Path::new(argv0).file_name()?.to_str()? {
+        "eks-connector-init" => Some("eks-connector-init"),
+        "eks-connector-proxy" => Some("eks-connector-proxy"),
+        "eks-connector-agent" => Some("eks-connector-agent"),
+        _ => None,
     }
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from(FALLBACK_DIR))
 }
 
-fn main() {
+fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().collect();
     let argv0 = if args.is_empty() {
-        None
+        OsString::new()
     } else {
-        Some(args.remove(0))
+        args.remove(0)
     };
+    match program_for_argv0(&argv0) {
+        Some("eks-connector-init") => {
+            init::main();
+            return ExitCode::SUCCESS;
+        }
+        Some("eks-connector-proxy") => return proxy::main(),
+        Some("eks-connector-agent") => {
+            agent::main();
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     let Some(first) = args.first().cloned() else {
         eprintln!("eks-connector: missing command\n{USAGE}");
         std::process::exit(EXIT_USAGE);
     };
     match first.to_str() {
         Some("--help") | Some("-h") | Some("help") => {
-            println!("eks-connector {}\n{USAGE}", VERSION);
-            return;
+            println!("eks-connector {}\n{USAGE}", eks_connector::VERSION);
+            return ExitCode::SUCCESS;
         }
         Some("--version") => {
-            println!("eks-connector {}", VERSION);
-            return;
+            println!("eks-connector {}", eks_connector::VERSION);
+            return ExitCode::SUCCESS;
         }
         _ => {}
     }
-    let Some(name) = target(&first) else {
+    let Some(name) = program_for_word(&first) else {
         eprintln!(
             "eks-connector: unknown command {:?}; expected init, server or agent\n{USAGE}",
             first.to_string_lossy()
         );
         std::process::exit(EXIT_USAGE);
     };
-    let path = own_dir(argv0.as_deref()).join(name);
-    // exec only returns on failure.
-    let err = Command::new(&path).arg0(name).args(&args[1..]).exec();
-    eprintln!("eks-connector: cannot run {}: {err}", path.display());
-    std::process::exit(if err.kind() == std::io::ErrorKind::NotFound {
-        127
-    } else {
-        126
-    });
+    // Re-execute ourselves under the program's name: exec only returns on failure.
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let err = Command::new(&exe).arg0(name).args(&args[1..]).exec();
+    eprintln!(
+        "eks-connector: cannot run {} as {name}: {err}",
+        exe.display()
+    );
+    ExitCode::from(126)
 }
 
 #[cfg(test)]
@@ -95,26 +108,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn maps_the_original_words() {
-        assert_eq!(target(OsStr::new("init")), Some("eks-connector-init"));
-        assert_eq!(target(OsStr::new("server")), Some("eks-connector-proxy"));
-        assert_eq!(target(OsStr::new("proxy")), Some("eks-connector-proxy"));
-        assert_eq!(target(OsStr::new("agent")), Some("eks-connector-agent"));
-        assert_eq!(target(OsStr::new("--activation.id=x")), None);
-        assert_eq!(target(OsStr::new("Init")), None);
-    }
-
-    #[test]
-    fn finds_siblings_next_to_argv0() {
+    fn maps_the_original_words_and_our_names() {
         assert_eq!(
-            own_dir(Some(OsStr::new("/usr/local/bin/eks-connector"))),
-            PathBuf::from("/usr/local/bin")
+            program_for_word(OsStr::new("init")),
+            Some("eks-connector-init")
         );
         assert_eq!(
-            own_dir(Some(OsStr::new("./eks-connector"))),
-            PathBuf::from(".")
+            program_for_word(OsStr::new("server")),
+            Some("eks-connector-proxy")
         );
-        // A bare name (found through PATH) falls back to where the executable really is.
-        assert!(own_dir(Some(OsStr::new("eks-connector"))).is_absolute());
+        assert_eq!(
+            program_for_word(OsStr::new("proxy")),
+            Some("eks-connector-proxy")
+        );
+        assert_eq!(
+            program_for_word(OsStr::new("agent")),
+            Some("eks-connector-agent")
+        );
+        assert_eq!(program_for_word(OsStr::new("--activation.id=x")), None);
+        assert_eq!(
+            program_for_argv0(OsStr::new("/var/eks/launcher/eks-connector-agent")),
+            Some("eks-connector-agent")
+        );
+        assert_eq!(
+            program_for_argv0(OsStr::new("eks-connector-init")),
+            Some("eks-connector-init")
+        );
+        assert_eq!(
+            program_for_argv0(OsStr::new("/usr/local/bin/eks-connector")),
+            None
+        );
     }
 }
