@@ -5,8 +5,10 @@
 # - the latency from the agent's last write of a rotated key to the state Secret holding it.
 # Budgets: <= 2 MiB RSS, <= 2 s latency.
 #
-# Measured on the static musl release binary that ships (when musl-gcc and the Rust target are
-# installed, as scripts/cross.sh needs anyway), and on the glibc release build for reference.
+# Measured on the static musl release builds (when musl-gcc and the Rust target are installed, as
+# scripts/cross.sh needs anyway): the multi-call `eks-connector` that the image ships and
+# `--install-launcher` copies, started as eks-connector-agent (argv[0]), and the stand-alone
+# `eks-connector-agent`; then the glibc release build for reference.
 #
 #   bench/agent.sh
 set -euo pipefail
@@ -24,10 +26,17 @@ run() { # label binary
 
 if command -v musl-gcc >/dev/null && rustup target list --installed 2>/dev/null | grep -qx "$triple"; then
     env "CC_${arch}_unknown_linux_musl=musl-gcc" cargo build --release --target "$triple" \
-        --bin eks-connector-agent
-    run "static musl release build ($triple): what ships" "$ROOT/target/$triple/release/eks-connector-agent"
+        --bin eks-connector --bin eks-connector-agent
+    link_dir="$(mktemp -d)"
+    trap 'rm -rf "$link_dir"' EXIT
+    ln -s "$ROOT/target/$triple/release/eks-connector" "$link_dir/eks-connector-agent"
+    run "multi-call static musl eks-connector as eks-connector-agent ($triple): what ships" \
+        "$link_dir/eks-connector-agent"
+    run "stand-alone static musl eks-connector-agent ($triple)" \
+        "$ROOT/target/$triple/release/eks-connector-agent"
 else
-    echo "== static musl build skipped: needs musl-gcc and 'rustup target add $triple'"
+    echo "== static musl builds skipped: needs musl-gcc and 'rustup target add $triple'"
 fi
 cargo build --release --bin eks-connector-agent
-run "glibc release build (target/release), for reference" "$ROOT/target/release/eks-connector-agent"
+run "glibc release build (target/release/eks-connector-agent), for reference" \
+    "$ROOT/target/release/eks-connector-agent"
