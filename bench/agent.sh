@@ -19,8 +19,8 @@ triple="$arch-unknown-linux-musl"
 
 run() { # label binary
     echo "== $1"
-    EKS_CONNECTOR_AGENT_BIN="$2" cargo test --release --test agent bench_footprint -- \
-        --ignored --nocapture --test-threads=1 2>&1 |
+    EKS_CONNECTOR_AGENT_BIN="$2" cargo test --release --test agent repeated_rotations_all_reach_the_secret_and_footprint_is_reported -- \
+        --exact --nocapture --test-threads=1 2>&1 |
         grep -E 'launcher VmRSS|sync latenc|launcher: |panicked|FAILED' || true
 }
 

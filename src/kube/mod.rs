@@ -175,6 +175,10 @@ impl Client {
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(CALL_TIMEOUT))
             .user_agent(format!("eks-connector/{}", crate::VERSION))
+            // Secrets are small: 16 KiB buffers instead of ureq's 128 KiB keep the launcher's
+            // peak RSS under its 2 MiB budget.
+            .input_buffer_size(16 * 1024)
+            .output_buffer_size(16 * 1024)
             .build()
             .into();
         *guard = Some(AgentCache {
