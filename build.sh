@@ -58,7 +58,17 @@ run_tests() {
     tests/kube-env/build-bins.sh >/dev/null
     say "control plane binaries ready in $((SECONDS - t0))s"
     say "cargo test"
-    cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
+    local log
+    log="$(mktemp)"
+    set +e
+    cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$log"
+    local status=${PIPESTATUS[0]}
+    set -e
+    # One closing line for the whole suite (cargo's own last line is a target's, often 0 tests).
+    awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i } }
+         END { if (g > 0) printf "total: %d passed, %d failed, %d skipped\n", p, f, g; else printf "total: %d passed, %d failed\n", p, f }' "$log"
+    rm -f "$log"
+    return "$status"
 }
 
 case "${1:-release}" in
