@@ -5,29 +5,12 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use eks_connector::cli::{self, Flags, Start, EXIT_USAGE};
-use eks_connector::kube::DEFAULT_SERVICEACCOUNT_DIR;
 use eks_connector::launcher::{self, Config, DEFAULT_AGENT_COMMAND, EXIT_CONFIG, EXIT_INTERNAL};
-use eks_connector::state::{secret_name, AGENT_VAULT_DIR};
+use eks_connector::state::secret_name;
 
 const PROGRAM: &str = "eks-connector-agent";
 
 const FLAGS: &[(&str, &str)] = &[
-    (
-        "--state.baseDir DIR",
-        "the SSM agent's Vault (default /var/lib/amazon/ssm/Vault)",
-    ),
-    (
-        "--state.secretNamePrefix PREFIX",
-        "state Secret name prefix (default eks-connector-state)",
-    ),
-    (
-        "--state.secretNamespace NS",
-        "state Secret namespace (default eks-connector)",
-    ),
-    (
-        "--serviceaccount.dir DIR",
-        "service-account token and CA (default the in-pod path)",
-    ),
     (
         "--health.addr HOST:PORT",
         "serve /healthz and /readyz (ready: the Secret holds the Vault's key), e.g. 0.0.0.0:8082",
@@ -64,25 +47,15 @@ pub fn main() {
     });
     let about = "Runs the SSM agent as PID 1 of its container and keeps the state Secret in step \
                  with the agent's Vault (key rotation).";
-    let mut flags = match Flags::from_args(PROGRAM, about, FLAGS, args) {
+    let lines = [FLAGS, &cli::STATE_FLAGS].concat();
+    let mut flags = match Flags::from_args(PROGRAM, about, &lines, args) {
         Start::Run(f) => f,
         Start::Print(s) => {
             println!("{s}");
             return;
         }
     };
-    let base_dir = flags
-        .string("--state.baseDir")
-        .unwrap_or_else(|e| usage_exit(e));
-    let prefix = flags
-        .string("--state.secretNamePrefix")
-        .unwrap_or_else(|e| usage_exit(e));
-    let namespace = flags
-        .string("--state.secretNamespace")
-        .unwrap_or_else(|e| usage_exit(e));
-    let sa_dir = flags
-        .string("--serviceaccount.dir")
-        .unwrap_or_else(|e| usage_exit(e));
+    let state = cli::StateFlags::parse(&mut flags).unwrap_or_else(|e| usage_exit(e));
     let health_addr = flags
         .string("--health.addr")
         .unwrap_or_else(|e| usage_exit(e));
@@ -112,14 +85,11 @@ pub fn main() {
             std::process::exit(EXIT_CONFIG);
         }
     };
-    let prefix = prefix.unwrap_or_else(|| "eks-connector-state".into());
     let config = Config {
-        base_dir: PathBuf::from(base_dir.unwrap_or_else(|| AGENT_VAULT_DIR.into())),
-        namespace: namespace.unwrap_or_else(|| "eks-connector".into()),
-        secret_name: secret_name(&prefix, &ordinal),
-        serviceaccount_dir: PathBuf::from(
-            sa_dir.unwrap_or_else(|| DEFAULT_SERVICEACCOUNT_DIR.into()),
-        ),
+        base_dir: PathBuf::from(state.base_dir),
+        namespace: state.secret_namespace,
+        secret_name: secret_name(&state.secret_prefix, &ordinal),
+        serviceaccount_dir: PathBuf::from(state.serviceaccount_dir),
         health_addr: health_addr.map(|a| {
             if a.starts_with(':') {
                 format!("0.0.0.0{a}")

@@ -29,22 +29,6 @@ const FLAGS: &[(&str, &str)] = &[
         "SSM endpoint override, e.g. a VPC endpoint (https:// is added when missing)",
     ),
     (
-        "--state.baseDir DIR",
-        "the SSM agent's Vault (default /var/lib/amazon/ssm/Vault)",
-    ),
-    (
-        "--state.secretNamePrefix PREFIX",
-        "state Secret name prefix (default eks-connector-state)",
-    ),
-    (
-        "--state.secretNamespace NS",
-        "state Secret namespace (default eks-connector)",
-    ),
-    (
-        "--serviceaccount.dir DIR",
-        "service-account token and CA (default /var/run/secrets/kubernetes.io/serviceaccount)",
-    ),
-    (
         "--ssm.timeout DURATION",
         "connect and read timeout of each SSM attempt (default 10s)",
     ),
@@ -102,7 +86,8 @@ fn trimmed(what: &str, v: String) -> String {
 pub fn main() {
     let args = std::env::args_os().skip(1).collect();
     let about = about();
-    let mut flags = match Flags::from_args(PROGRAM, &about, FLAGS, args) {
+    let lines = [FLAGS, &cli::STATE_FLAGS].concat();
+    let mut flags = match Flags::from_args(PROGRAM, &about, &lines, args) {
         Start::Print(s) => {
             println!("{s}");
             return;
@@ -125,14 +110,12 @@ pub fn main() {
     let region = flag_or_env(&mut flags, "--agent.region", "AWS_REGION")
         .unwrap_or_else(|| "us-west-2".into());
     let endpoint = string(&mut flags, "--agent.endpoint");
-    let base_dir =
-        string(&mut flags, "--state.baseDir").unwrap_or_else(|| state::AGENT_VAULT_DIR.into());
-    let prefix = string(&mut flags, "--state.secretNamePrefix")
-        .unwrap_or_else(|| "eks-connector-state".into());
-    let namespace =
-        string(&mut flags, "--state.secretNamespace").unwrap_or_else(|| "eks-connector".into());
-    let sa_dir = string(&mut flags, "--serviceaccount.dir")
-        .unwrap_or_else(|| kube::DEFAULT_SERVICEACCOUNT_DIR.into());
+    let cli::StateFlags {
+        base_dir,
+        secret_prefix: prefix,
+        secret_namespace: namespace,
+        serviceaccount_dir: sa_dir,
+    } = cli::StateFlags::parse(&mut flags).unwrap_or_else(|e| usage_exit(e));
     let ssm_timeout = duration(&mut flags, "--ssm.timeout", Duration::from_secs(10));
     let ssm_deadline = duration(&mut flags, "--ssm.deadline", Duration::from_secs(120));
     let kube_deadline = duration(&mut flags, "--kube.deadline", Duration::from_secs(60));

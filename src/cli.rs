@@ -163,6 +163,55 @@ fn describe(name: &str, e: pico_args::Error) -> String {
     }
 }
 
+/// The original's `--state.*` flags and `--serviceaccount.dir`: where the registration lives. Init
+/// and the launcher take them (the proxy accepts and ignores the `--state.*` ones).
+pub const STATE_FLAGS: [(&str, &str); 4] = [
+    (
+        "--state.baseDir DIR",
+        "the SSM agent's Vault (default /var/lib/amazon/ssm/Vault)",
+    ),
+    (
+        "--state.secretNamePrefix PREFIX",
+        "state Secret name prefix (default eks-connector-state)",
+    ),
+    (
+        "--state.secretNamespace NS",
+        "state Secret namespace (default eks-connector)",
+    ),
+    (
+        "--serviceaccount.dir DIR",
+        "service-account token, ca.crt and namespace (default /var/run/secrets/kubernetes.io/serviceaccount)",
+    ),
+];
+
+/// The values of [`STATE_FLAGS`], with the original's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateFlags {
+    pub base_dir: String,
+    pub secret_prefix: String,
+    pub secret_namespace: String,
+    pub serviceaccount_dir: String,
+}
+
+impl StateFlags {
+    pub fn parse(flags: &mut Flags) -> Result<StateFlags, UsageError> {
+        Ok(StateFlags {
+            base_dir: flags
+                .string("--state.baseDir")?
+                .unwrap_or_else(|| crate::state::AGENT_VAULT_DIR.into()),
+            secret_prefix: flags
+                .string("--state.secretNamePrefix")?
+                .unwrap_or_else(|| "eks-connector-state".into()),
+            secret_namespace: flags
+                .string("--state.secretNamespace")?
+                .unwrap_or_else(|| "eks-connector".into()),
+            serviceaccount_dir: flags
+                .string("--serviceaccount.dir")?
+                .unwrap_or_else(|| crate::kube::DEFAULT_SERVICEACCOUNT_DIR.into()),
+        })
+    }
+}
+
 /// `20s`, `500ms`, `2m`, `1h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     use std::time::Duration;
@@ -270,6 +319,28 @@ mod tests {
     fn help_and_version_print() {
         let s = Flags::from_args("prog", "about", &[], vec!["--version".into()]);
         assert!(matches!(s, Start::Print(v) if v.contains(crate::VERSION)));
+    }
+
+    #[test]
+    fn state_flags_default_to_the_originals() {
+        let lines = STATE_FLAGS.to_vec();
+        let mut f = match Flags::from_args(
+            "prog",
+            "",
+            &lines,
+            vec!["--state.secretNamespace=ns".into()],
+        ) {
+            Start::Run(f) => f,
+            Start::Print(_) => panic!("unexpected print"),
+        };
+        let s = StateFlags::parse(&mut f).unwrap();
+        assert_eq!(s.secret_namespace, "ns");
+        assert_eq!(s.secret_prefix, "eks-connector-state");
+        assert_eq!(s.base_dir, "/var/lib/amazon/ssm/Vault");
+        assert_eq!(
+            s.serviceaccount_dir,
+            "/var/run/secrets/kubernetes.io/serviceaccount"
+        );
     }
 
     #[test]
