@@ -218,6 +218,16 @@ fn aggregated_role(ns: &common::TestNamespace, role: &str) -> String {
 
 /// Binds the (aggregated) `view` or `edit` role to `user` in the namespace and waits until the
 /// API server's authorizer sees it.
+/// A fresh namespace and a user `alice` (an ARN) bound to `view` in it, whom the proxy's
+/// ServiceAccount may impersonate: the set-up most tests start from.
+fn viewer(prefix: &str) -> (common::TestNamespace, String) {
+    let ns = common::cluster().namespace(prefix);
+    let alice = arn(&ns, "alice");
+    grant_impersonation(&ns, "connector", &[&alice]);
+    bind_user(&ns, "view", &alice);
+    (ns, alice)
+}
+
 fn bind_user(ns: &common::TestNamespace, role: &str, user: &str) {
     let name = aggregated_role(ns, role);
     ns.bind("ClusterRole", &name, "User", user);
@@ -784,10 +794,7 @@ fn smuggling_and_header_injection_are_refused_and_nothing_happens() {
 #[test]
 fn a_watch_streams_events_as_they_happen() {
     let env = common::cluster();
-    let ns = env.namespace("proxy-watch");
-    let alice = arn(&ns, "alice");
-    grant_impersonation(&ns, "connector", &[&alice]);
-    bind_user(&ns, "view", &alice);
+    let (ns, alice) = viewer("proxy-watch");
     let proxy = Proxy::for_ns("watch", &ns, &[]);
     let list = env
         .admin_request(
@@ -841,10 +848,7 @@ fn a_watch_streams_events_as_they_happen() {
 #[test]
 fn table_accept_header_returns_a_table() {
     let env = common::cluster();
-    let ns = env.namespace("proxy-table");
-    let alice = arn(&ns, "alice");
-    grant_impersonation(&ns, "connector", &[&alice]);
-    bind_user(&ns, "view", &alice);
+    let (ns, alice) = viewer("proxy-table");
     env.admin_request(
         "POST",
         &format!("/api/v1/namespaces/{}/configmaps", ns.name),
@@ -969,10 +973,7 @@ fn upstream_connections(pid: u32, port: u16) -> usize {
 #[test]
 fn a_large_list_streams_through_with_flat_memory_and_connections_are_reused() {
     let env = common::cluster();
-    let ns = env.namespace("proxy-big");
-    let alice = arn(&ns, "alice");
-    grant_impersonation(&ns, "connector", &[&alice]);
-    bind_user(&ns, "view", &alice);
+    let (ns, alice) = viewer("proxy-big");
     // 12 ConfigMaps of ~700 KiB: a list of about 8 MiB.
     for i in 0..12 {
         let v = char::from(b'a' + i).to_string().repeat(700 << 10);
@@ -1031,11 +1032,7 @@ fn a_large_list_streams_through_with_flat_memory_and_connections_are_reused() {
 
 #[test]
 fn a_rotated_token_is_used_from_the_next_request_on() {
-    let env = common::cluster();
-    let ns = env.namespace("proxy-rotate");
-    let alice = arn(&ns, "alice");
-    grant_impersonation(&ns, "connector", &[&alice]);
-    bind_user(&ns, "view", &alice);
+    let (ns, alice) = viewer("proxy-rotate");
     // Start with the token of a ServiceAccount that may not impersonate anyone.
     let weak_dir = ns.create_sa("weak");
     let dir = scratch("rotate-sa");
@@ -1060,10 +1057,7 @@ fn a_rotated_token_is_used_from_the_next_request_on() {
 #[test]
 fn sigterm_lets_a_slow_response_finish_removes_the_socket_and_exits_0() {
     let env = common::cluster();
-    let ns = env.namespace("proxy-term");
-    let alice = arn(&ns, "alice");
-    grant_impersonation(&ns, "connector", &[&alice]);
-    bind_user(&ns, "view", &alice);
+    let (ns, alice) = viewer("proxy-term");
     env.admin_request(
         "POST",
         &format!("/api/v1/namespaces/{}/configmaps", ns.name),
@@ -1127,10 +1121,7 @@ fn sigterm_lets_a_slow_response_finish_removes_the_socket_and_exits_0() {
 #[test]
 fn sigint_past_the_grace_period_ends_streams_and_exits_0() {
     let env = common::cluster();
-    let ns = env.namespace("proxy-grace");
-    let alice = arn(&ns, "alice");
-    grant_impersonation(&ns, "connector", &[&alice]);
-    bind_user(&ns, "view", &alice);
+    let (ns, alice) = viewer("proxy-grace");
     env.admin_request(
         "POST",
         &format!("/api/v1/namespaces/{}/configmaps", ns.name),
