@@ -227,12 +227,7 @@ fn handle<'h>(
     let mut conn = match exchanged {
         Ok(conn) => conn,
         Err(Failure::Upstream(e)) => {
-            log::error!("{} {}: {e}", head.method(), head.target());
-            out.status = 502;
-            out.keep_alive = false;
-            out.note = Some(e.to_string());
-            let _ =
-                (&*stream).write_all(&policy::simple_response(502, policy::BODY_502, true, &[]));
+            bad_gateway(stream, head, &mut out, e.to_string());
             return out;
         }
         Err(Failure::ClientBody(e)) => {
@@ -257,6 +252,16 @@ fn handle<'h>(
         shared.upstream.keep(conn, &mut state.held);
     }
     out
+}
+
+/// The original's 502, byte for byte, to the client; the cause goes to the log and the audit
+/// line only.
+fn bad_gateway(stream: &Stream, head: &RequestHead, out: &mut Outcome, why: String) {
+    log::error!("{} {}: {why}", head.method(), head.target());
+    out.status = 502;
+    out.keep_alive = false;
+    out.note = Some(why);
+    let _ = (&*stream).write_all(&policy::simple_response(502, policy::BODY_502, true, &[]));
 }
 
 fn refuse<'h>(stream: &Stream, mut out: Outcome<'h>, r: Refusal) -> Outcome<'h> {
@@ -477,12 +482,7 @@ fn relay_response(
     let framing = match http::response_framing(head.method(), resp) {
         Ok(f) => f,
         Err(why) => {
-            log::error!("{} {}: {why}", head.method(), head.target());
-            outcome.status = 502;
-            outcome.keep_alive = false;
-            outcome.note = Some(why.into());
-            let _ =
-                (&*stream).write_all(&policy::simple_response(502, policy::BODY_502, true, &[]));
+            bad_gateway(stream, head, outcome, why.into());
             return false;
         }
     };
