@@ -15,6 +15,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod health;
+pub mod http;
 pub mod init;
 pub mod kube;
 pub mod launcher;

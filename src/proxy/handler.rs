@@ -12,14 +12,14 @@ use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::http::{
-    self, Body, BodyError, Buffered, Framing, HeadError, HeadReader, RequestHead, ResponseHead,
-    Step, Version,
-};
 use super::listener::Stream;
 use super::policy::{self, ClientFraming, Identity, Refusal};
 use super::upstream::{Conn, CredCache, Upstream, UpstreamError};
 use super::Shared;
+use crate::http::{
+    self, Body, BodyError, Buffered, Framing, HeadError, HeadReader, RequestHead, ResponseHead,
+    Step, Version,
+};
 
 /// What happened to one request, for the audit log and the connection loop.
 pub(super) struct Outcome<'h> {

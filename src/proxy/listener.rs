@@ -230,7 +230,7 @@ impl Stream {
     pub fn linger_close(&self) {
         self.shutdown_write();
         let mut s = self;
-        let _ = super::http::Timed::set_timeout(&s, Some(Duration::from_millis(500)));
+        let _ = crate::http::Timed::set_timeout(&s, Some(Duration::from_millis(500)));
         let mut buf = [0u8; 2048];
         let mut budget = 256usize << 10;
         while let Ok(n) = s.read(&mut buf) {
@@ -269,7 +269,7 @@ impl Write for &Stream {
     }
 }
 
-impl super::http::Timed for Stream {
+impl crate::http::Timed for Stream {
     fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_read_timeout(t),

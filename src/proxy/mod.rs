@@ -9,7 +9,7 @@
 
 mod audit;
 mod handler;
-pub mod http;
+
 pub mod listener;
 pub mod policy;
 pub mod upstream;
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 pub use listener::ListenAddr;
 pub use upstream::{PoolConfig, Target};
 
-use http::HeadLimits;
+use crate::http::{self, HeadLimits};
 use listener::{Listener, Stream};
 use upstream::Upstream;
 

@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 
-use super::http::{Framing, RequestHead, ResponseHead};
+use crate::http::{Framing, RequestHead, ResponseHead};
 
 /// The client header naming the user to impersonate.
 pub const IDENTITY_HEADER: &str = "x-aws-eks-identity-arn";
@@ -83,7 +83,7 @@ pub fn check_upgrade(head: &RequestHead) -> Result<(), Refusal> {
 pub fn check_host(head: &RequestHead) -> Result<(), Refusal> {
     match (head.version, head.all("host").count()) {
         (_, n) if n > 1 => Err(Refusal::new(400, "more than one Host header")),
-        (super::http::Version::Http11, 0) => Err(Refusal::new(400, "missing Host header")),
+        (crate::http::Version::Http11, 0) => Err(Refusal::new(400, "missing Host header")),
         _ => Ok(()),
     }
 }
@@ -136,7 +136,7 @@ pub fn expects_continue(head: &RequestHead) -> Result<bool, Refusal> {
             return Err(Refusal::new(417, "only Expect: 100-continue is supported"));
         }
     }
-    Ok(want && head.version == super::http::Version::Http11)
+    Ok(want && head.version == crate::http::Version::Http11)
 }
 
 /// Whether a token is safe to put in a header line (no CR/LF/control bytes, no spaces).
@@ -297,8 +297,8 @@ pub fn simple_response(status: u16, body: &str, close: bool, extra: &[(&str, &st
 
 #[cfg(test)]
 mod tests {
-    use super::super::http::Version;
     use super::*;
+    use crate::http::Version;
 
     fn req(method: &str, target: &str, headers: &[(&str, &[u8])]) -> RequestHead {
         RequestHead::from_parts(method, target, Version::Http11, headers)

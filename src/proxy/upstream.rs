@@ -249,7 +249,7 @@ impl BufRead for UpReader {
     }
 }
 
-impl super::http::Buffered for UpReader {
+impl crate::http::Buffered for UpReader {
     fn buffered(&self) -> &[u8] {
         self.buffer()
     }
