@@ -266,9 +266,9 @@ fn statefulset_follows_the_security_and_footprint_rules() {
             .map(|m| m["name"].as_str().unwrap().to_string())
             .collect();
         let expected: &[&str] = match name {
-            "install-launcher" => &["launcher"],
-            "init" => &["vault", "serviceaccount"],
-            "agent" => &[
+            "connector-install-launcher" => &["launcher"],
+            "connector-init" => &["vault", "serviceaccount"],
+            "connector-agent" => &[
                 "launcher",
                 "shared",
                 "vault",
@@ -276,11 +276,11 @@ fn statefulset_follows_the_security_and_footprint_rules() {
                 "agent-config",
                 "serviceaccount",
             ],
-            "proxy" => &["shared", "serviceaccount"],
+            "connector-proxy" => &["shared", "serviceaccount"],
             other => panic!("unexpected container {other}"),
         };
         assert_eq!(mounts, expected, "{name}: only the mounts it needs");
-        if name != "agent" {
+        if name != "connector-agent" {
             assert!(
                 sc["capabilities"]["add"].is_null(),
                 "{name}: no added capabilities"
@@ -288,19 +288,19 @@ fn statefulset_follows_the_security_and_footprint_rules() {
             assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
         }
     }
-    let proxy = container(sts, "proxy");
+    let proxy = container(sts, "connector-proxy");
     let sc = &proxy["securityContext"];
     assert_eq!(sc["runAsNonRoot"], true);
     assert_ne!(sc["runAsUser"], 0);
     // The agent keeps exactly what the SSM agent needs.
     assert_eq!(
-        strings(&container(sts, "agent")["securityContext"]["capabilities"]["add"]),
+        strings(&container(sts, "connector-agent")["securityContext"]["capabilities"]["add"]),
         ["DAC_OVERRIDE"]
     );
     // Probes hit the port the binary serves health on.
     for (name, probes) in [
-        ("proxy", &["livenessProbe", "readinessProbe"][..]),
-        ("agent", &["readinessProbe"][..]),
+        ("connector-proxy", &["livenessProbe", "readinessProbe"][..]),
+        ("connector-agent", &["readinessProbe"][..]),
     ] {
         let c = container(sts, name);
         let addr = strings(&c["args"])
@@ -562,7 +562,7 @@ fn the_statefulset_runs_as_written_and_the_console_user_gets_exactly_its_rights(
     let api = format!("{}:{}", env.endpoint.host, env.endpoint.port);
 
     // 1. install-launcher
-    let spec = container(sts, "install-launcher");
+    let spec = container(sts, "connector-install-launcher");
     let e = container_env(spec, secret, pod, &ns);
     let args = argv(spec, &e);
     let run = Run {
@@ -580,7 +580,7 @@ fn the_statefulset_runs_as_written_and_the_console_user_gets_exactly_its_rights(
     assert!(launcher.exists(), "the launcher is in the launcher volume");
 
     // 2. init: registers with the stand-in (the only test-only flag: where SSM is).
-    let spec = container(sts, "init");
+    let spec = container(sts, "connector-init");
     let mut e = container_env(spec, secret, pod, &ns);
     e.push(("AWS_CA_BUNDLE".into(), "/etc/test-ca/ca.crt".into()));
     let mut args = argv(spec, &e);
@@ -606,7 +606,7 @@ fn the_statefulset_runs_as_written_and_the_console_user_gets_exactly_its_rights(
     );
 
     // 3. proxy: serves the console user through the shared socket.
-    let spec = container(sts, "proxy");
+    let spec = container(sts, "connector-proxy");
     let e = container_env(spec, secret, pod, &ns);
     let mut args = argv(spec, &e);
     let health = image_env::free_port();
@@ -677,7 +677,7 @@ fn the_statefulset_runs_as_written_and_the_console_user_gets_exactly_its_rights(
     // 4. agent: our launcher from the launcher volume, with its args; a stand-in agent that
     // exits 0 (the SSM agent's image is not here): the launcher finds the Vault complete,
     // starts it, and exits with its status.
-    let spec = container(sts, "agent");
+    let spec = container(sts, "connector-agent");
     let e = container_env(spec, secret, pod, &ns);
     let mut args = argv(spec, &e);
     assert_eq!(args[0], "/var/eks/launcher/eks-connector-agent");
