@@ -12,10 +12,10 @@
 //! The three mains stay in their own files and binaries (tests use those); this file includes
 //! them as modules, which needs each to be `pub fn main`.
 
-#[path = "eks-connector-agent.rs"]
-mod agent;
 #[path = "eks-connector-init.rs"]
 mod init;
+#[path = "eks-connector-agent.rs"]
+mod launcher;
 #[path = "eks-connector-proxy.rs"]
 mod proxy;
 
@@ -29,7 +29,7 @@ use eks_connector::cli::EXIT_USAGE;
 const USAGE: &str = "usage: eks-connector init|server|agent [FLAGS...]\n  \
 init    register with SSM and write the Vault (eks-connector-init)\n  \
 server  the Kubernetes API proxy (eks-connector-proxy; `proxy` works too)\n  \
-agent   launch and guard the SSM agent (eks-connector-agent)\n\
+agent   the launcher: PID 1 guarding the SSM agent (eks-connector-agent)\n\
 Each command's flags: eks-connector COMMAND --help";
 
 /// The program for a first word of the original's argument lists.
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
         }
         Some("eks-connector-proxy") => return proxy::main(),
         Some("eks-connector-agent") => {
-            agent::main();
+            launcher::main();
             return ExitCode::SUCCESS;
         }
         _ => {}

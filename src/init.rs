@@ -305,7 +305,7 @@ pub fn run(
         "registering with SSM at {} ({}) for activation {} in {}",
         client.endpoint(),
         client
-            .proxy()
+            .egress_proxy()
             .map(|p| format!("through proxy {p}"))
             .unwrap_or_else(|| "no proxy".into()),
         cfg.activation_id,

@@ -3,9 +3,10 @@
 //!
 //! Synchronous, thread-per-connection code; one module per domain:
 //! - [`init`]: the init container (register with SSM or reuse, Vault first, then the Secret);
-//! - [`launcher`]: PID 1 in the SSM agent's container, and the key-rotation sync;
+//! - [`launcher`]: PID 1 in the SSM agent's container;
+//! - [`keysync`]: copies every key the agent rotates into the state Secret (run by the launcher);
 //! - [`proxy`]: the fail-closed, streaming, pooled Kubernetes API proxy;
-//! - [`ssm`]: the one AWS call, `RegisterManagedInstance`, with endpoints and egress proxies;
+//! - [`ssm`]: the one AWS call, `RegisterManagedInstance`, with endpoints and the HTTPS_PROXY egress ([`ssm::egress`]);
 //! - [`state`]: the SSM agent's Vault files and the state Secret, byte for byte;
 //! - [`kube`]: the Kubernetes REST client (Secrets, `Status` errors, in-cluster config);
 //!
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod health;
 pub mod http;
 pub mod init;
+pub mod keysync;
 pub mod kube;
 pub mod launcher;
 pub mod proxy;

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use eks_connector::ssm::{self, Client, Options, ProxySettings, RegisterRequest, SsmError};
+use eks_connector::ssm::{self, Client, EgressProxy, Options, RegisterRequest, SsmError};
 use rsa::pkcs8::EncodePublicKey;
 use ssm_stub::{pki, ConnectProxy, Reply, Stub, TEST_HOST};
 
@@ -41,7 +41,7 @@ fn opts() -> Options {
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_millis(200),
         ca_bundle: Some(pki().ca.clone()),
-        proxy: ProxySettings::default(),
+        egress: EgressProxy::default(),
     }
 }
 
@@ -248,10 +248,10 @@ fn https_proxy_is_used_and_named() {
     let proxy = ConnectProxy::start(stub.port);
     let url = proxy.url();
     let mut o = opts();
-    o.proxy = ProxySettings::from_vars(|k| (k == "HTTPS_PROXY").then(|| url.clone()));
+    o.egress = EgressProxy::from_vars(|k| (k == "HTTPS_PROXY").then(|| url.clone()));
     let endpoint = format!("https://{TEST_HOST}:{}", stub.port);
     let c = client(&endpoint, o);
-    assert_eq!(c.proxy(), Some(proxy.url().as_str()));
+    assert_eq!(c.egress_proxy(), Some(proxy.url().as_str()));
     c.register(&request(CODE)).unwrap();
     assert_eq!(
         *proxy.targets.lock().unwrap(),
@@ -268,7 +268,7 @@ fn a_dead_proxy_is_named_in_the_error_and_loopback_bypasses_it() {
     let vars = |u: String| move |k: &str| (k == "HTTPS_PROXY").then(|| u.clone());
     let mut o = opts();
     o.deadline = Duration::from_millis(600);
-    o.proxy = ProxySettings::from_vars(vars(dead_url.clone()));
+    o.egress = EgressProxy::from_vars(vars(dead_url.clone()));
     let e = client(&format!("https://{TEST_HOST}:1"), o.clone())
         .register(&request(CODE))
         .unwrap_err();
@@ -277,7 +277,7 @@ fn a_dead_proxy_is_named_in_the_error_and_loopback_bypasses_it() {
     // The same proxy settings, but a loopback endpoint: never proxied.
     let stub = Stub::start(ID, CODE);
     let c = client(&stub.url(), o);
-    assert_eq!(c.proxy(), None);
+    assert_eq!(c.egress_proxy(), None);
     c.register(&request(CODE)).unwrap();
 }
 

@@ -2,8 +2,8 @@
 //! the state Secret in step with the agent's Vault.
 //!
 //! - [`pid1`]: start the agent, forward signals, reap every descendant, exit with its status.
-//! - [`sync`]: copy every settled, complete change of the Vault (a key rotation) into the state
-//!   Secret, retrying until it succeeds.
+//! - [`crate::keysync`] (started here): copies every settled, complete change of the Vault (a key
+//!   rotation) into the state Secret, retrying until it succeeds.
 //!
 //! [`run`] ties them together: check that the init container left a complete registration,
 //! start the sync (which compares the Vault with the Secret at once), the optional health
@@ -11,7 +11,6 @@
 //! chance to save a late rotation, and return the agent's exit code.
 
 pub mod pid1;
-pub mod sync;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -133,7 +132,7 @@ pub fn run(config: Config, blocked: &Blocked) -> Result<i32, LauncherError> {
         Some(e) => e.clone(),
         None => Endpoint::from_env().map_err(LauncherError::Kube)?,
     };
-    let key_sync = sync::KeySync::start(sync::SyncConfig {
+    let key_sync = crate::keysync::KeySync::start(crate::keysync::Config {
         base_dir: config.base_dir.clone(),
         namespace: config.namespace.clone(),
         secret_name: config.secret_name.clone(),
@@ -165,14 +164,6 @@ pub fn run(config: Config, blocked: &Blocked) -> Result<i32, LauncherError> {
         .map_err(|e| LauncherError::Internal(format!("waiting for signals failed: {e}")))?;
     log::info!("the SSM agent exited: {exit}");
     pid1::finish_descendants(blocked, DESCENDANT_GRACE);
-    match key_sync.finish(FINAL_SYNC) {
-        sync::Status::InSync => {}
-        sync::Status::Starting => {
-            log::error!("the Vault was never compared with the state Secret")
-        }
-        sync::Status::Pending(why) => {
-            log::error!("exiting with the state Secret not in sync: {why}")
-        }
-    }
+    key_sync.last_look(FINAL_SYNC);
     Ok(exit.code())
 }

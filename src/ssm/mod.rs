@@ -3,11 +3,11 @@
 //! public SDK models. Retries throttling, 5xx, timeouts and connection errors with backoff, each
 //! attempt with connect/read timeouts, within an overall deadline.
 
+pub mod egress;
 pub mod endpoint;
-pub mod proxy;
 
+pub use egress::EgressProxy;
 pub use endpoint::Endpoint;
-pub use proxy::ProxySettings;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -229,7 +229,7 @@ pub struct Options {
     pub backoff_max: Duration,
     /// `AWS_CA_BUNDLE`: a PEM file that replaces the trusted roots.
     pub ca_bundle: Option<PathBuf>,
-    pub proxy: ProxySettings,
+    pub egress: EgressProxy,
 }
 
 impl Default for Options {
@@ -240,7 +240,7 @@ impl Default for Options {
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(8),
             ca_bundle: None,
-            proxy: ProxySettings::default(),
+            egress: EgressProxy::default(),
         }
     }
 }
@@ -252,7 +252,7 @@ impl Options {
             ca_bundle: std::env::var_os("AWS_CA_BUNDLE")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
-            proxy: ProxySettings::from_env(),
+            egress: EgressProxy::from_env(),
             ..Options::default()
         }
     }
@@ -291,17 +291,17 @@ impl Client {
             .provider(ureq::tls::TlsProvider::Rustls)
             .root_certs(roots)
             .build();
-        let proxy_url = opts.proxy.proxy_for(&endpoint.host, endpoint.port);
+        let proxy_url = opts.egress.proxy_for(&endpoint.host, endpoint.port);
         let (proxy, proxy_host, ureq_proxy) = match proxy_url {
             Some(url) => {
                 let p = ureq::Proxy::new(url).map_err(|e| {
                     SsmError::Config(format!(
                         "HTTPS_PROXY {} is not a usable proxy URL: {e}",
-                        proxy::redact(url)
+                        egress::redact(url)
                     ))
                 })?;
                 (
-                    Some(proxy::redact(url)),
+                    Some(egress::redact(url)),
                     Some(p.host().to_string()),
                     Some(p),
                 )
@@ -337,7 +337,7 @@ impl Client {
     }
 
     /// The proxy in use (credentials redacted), if any.
-    pub fn proxy(&self) -> Option<&str> {
+    pub fn egress_proxy(&self) -> Option<&str> {
         self.proxy.as_deref()
     }
 

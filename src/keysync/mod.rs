@@ -1,4 +1,4 @@
-//! Key-rotation sync: keep the state Secret's `manifest`, `regkey` and `fingerprint` equal to the
+//! Key sync: keep the state Secret's `manifest`, `regkey` and `fingerprint` equal to the
 //! agent's Vault files, so that a rotated key survives the pod.
 //!
 //! **Watching: a stat poll every 200 ms, not inotify.** The agent rewrites files in place, so we
@@ -18,11 +18,19 @@
 //! **Never give up.** A failed update is retried with [`Backoff`] capped at one minute until it
 //! succeeds, one log line per failure with its cause; a conflict re-reads the Secret at once.
 //! `/readyz` says whether the Secret holds the Vault's registration, and why not.
+//!
+//! **One entry point** for whichever program runs beside the agent (the launcher today, the
+//! proxy's `server` tomorrow): [`KeySync::start`], [`KeySync::ready_check`] for `/readyz`, and
+//! [`KeySync::last_look`] once the agent has exited.
 
-use std::path::{Path, PathBuf};
+mod settle;
+
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
+
+use settle::{read_file, stamp, Settler, Snapshot, Stamp};
 
 use crate::backoff::Backoff;
 use crate::health::ReadyCheck;
@@ -40,12 +48,10 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 const CONFLICT_RETRIES: u32 = 5;
 /// A changed file that has not settled into a complete registration for this long is logged.
 const INCOMPLETE_WARN: Duration = Duration::from_secs(10);
-/// Largest Vault file we read; real ones are under 2 KiB.
-const MAX_FILE: u64 = 1 << 20;
 
 /// What the sync thread needs.
 #[derive(Debug, Clone)]
-pub struct SyncConfig {
+pub struct Config {
     pub base_dir: PathBuf,
     pub namespace: String,
     pub secret_name: String,
@@ -88,7 +94,7 @@ pub struct KeySync {
 impl KeySync {
     /// Starts the sync thread. Its first action is to compare the Vault with the Secret (a
     /// rotation may have happened while no launcher ran).
-    pub fn start(config: SyncConfig) -> std::io::Result<KeySync> {
+    pub fn start(config: Config) -> std::io::Result<KeySync> {
         let shared: SharedState = Arc::new((
             Mutex::new(Shared {
                 status: Status::Starting,
@@ -156,86 +162,23 @@ impl KeySync {
         }
         status
     }
-}
 
-/// Identity and shape of one file at one moment; `None` when absent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    ino: u64,
-    len: u64,
-    mtime: Option<SystemTime>,
-    ctime: (i64, i64),
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        ino: m.ino(),
-        len: m.len(),
-        mtime: m.modified().ok(),
-        ctime: (m.ctime(), m.ctime_nsec()),
-    })
-}
-
-fn read_file(path: &Path) -> Vec<u8> {
-    use std::io::Read;
-    let mut buf = Vec::new();
-    if let Ok(f) = std::fs::File::open(path) {
-        // An unreadable file reads as empty, which never parses as complete.
-        if f.take(MAX_FILE).read_to_end(&mut buf).is_err() {
-            buf.clear();
-        }
-    }
-    buf
-}
-
-/// The three files' stamps and bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Snapshot {
-    stamps: [Option<Stamp>; 3],
-    bytes: [Vec<u8>; 3],
-}
-
-/// Decides when the files have settled. Pure logic over observed snapshots and times, so it is
-/// unit-tested without a clock.
-#[derive(Default)]
-struct Settler {
-    /// The last snapshot seen and when it first appeared.
-    last: Option<(Snapshot, Instant)>,
-    /// Stamps of the last snapshot handed out as settled: while the files still show these,
-    /// nothing needs reading.
-    evaluated: Option<[Option<Stamp>; 3]>,
-}
-
-impl Settler {
-    /// Whether the files need reading at all: their stamps differ from the last settled ones.
-    fn needs_read(&self, stamps: &[Option<Stamp>; 3]) -> bool {
-        self.evaluated.as_ref() != Some(stamps)
-    }
-
-    /// Feeds one observation; returns the snapshot once it has been unchanged for `quiet`.
-    /// Each settled snapshot is returned once.
-    fn observe(&mut self, snap: Snapshot, now: Instant, quiet: Duration) -> Option<Snapshot> {
-        match &self.last {
-            Some((prev, since)) if *prev == snap => {
-                if now.duration_since(*since) >= quiet {
-                    self.evaluated = Some(snap.stamps);
-                    self.last = None;
-                    return Some(snap);
-                }
-                None
-            }
-            _ => {
-                self.last = Some((snap, now));
-                None
+    /// [`finish`](Self::finish), logging what is left unsaved: the caller's last word on the sync.
+    pub fn last_look(self, deadline: Duration) -> Status {
+        let status = self.finish(deadline);
+        match &status {
+            Status::InSync => {}
+            Status::Starting => log::error!("the Vault was never compared with the state Secret"),
+            Status::Pending(why) => {
+                log::error!("exiting with the state Secret not in sync: {why}")
             }
         }
+        status
     }
 }
 
 struct Worker {
-    config: SyncConfig,
+    config: Config,
     shared: SharedState,
     paths: [PathBuf; 3],
     settler: Settler,
@@ -253,7 +196,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(config: SyncConfig, shared: SharedState) -> Worker {
+    fn new(config: Config, shared: SharedState) -> Worker {
         let paths = [
             config.base_dir.join(MANIFEST_FILE),
             config.base_dir.join(REGKEY_FILE),
@@ -552,69 +495,5 @@ impl Pushed {
             Pushed::Updated => "updated from the Vault",
             Pushed::Created => "re-created from the Vault",
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn snap(len: u64, body: &str) -> Snapshot {
-        let st = Some(Stamp {
-            ino: 1,
-            len,
-            mtime: None,
-            ctime: (0, 0),
-        });
-        Snapshot {
-            stamps: [st, st, st],
-            bytes: [body.into(), body.into(), body.into()],
-        }
-    }
-
-    #[test]
-    fn a_snapshot_settles_only_after_the_quiet_period() {
-        let q = Duration::from_millis(400);
-        let t0 = Instant::now();
-        let mut s = Settler::default();
-        assert!(s.needs_read(&snap(1, "a").stamps));
-        assert_eq!(s.observe(snap(1, "a"), t0, q), None);
-        assert_eq!(
-            s.observe(snap(1, "a"), t0 + Duration::from_millis(200), q),
-            None
-        );
-        // A change restarts the quiet period.
-        assert_eq!(
-            s.observe(snap(2, "ab"), t0 + Duration::from_millis(399), q),
-            None
-        );
-        assert_eq!(
-            s.observe(snap(2, "ab"), t0 + Duration::from_millis(600), q),
-            None
-        );
-        let got = s.observe(snap(2, "ab"), t0 + Duration::from_millis(800), q);
-        assert_eq!(got, Some(snap(2, "ab")));
-        // Settled stamps need no more reading until they move.
-        assert!(!s.needs_read(&snap(2, "ab").stamps));
-        assert!(s.needs_read(&snap(3, "abc").stamps));
-    }
-
-    #[test]
-    fn same_stamps_with_different_bytes_are_a_change() {
-        let q = Duration::from_millis(400);
-        let t0 = Instant::now();
-        let mut s = Settler::default();
-        assert_eq!(s.observe(snap(1, "a"), t0, q), None);
-        assert_eq!(
-            s.observe(snap(1, "b"), t0 + Duration::from_millis(500), q),
-            None
-        );
-        assert_eq!(
-            s.observe(snap(1, "b"), t0 + Duration::from_millis(700), q),
-            None
-        );
-        assert!(s
-            .observe(snap(1, "b"), t0 + Duration::from_millis(900), q)
-            .is_some());
     }
 }

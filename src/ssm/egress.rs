@@ -19,9 +19,9 @@ struct Rule {
     port: Option<u16>,
 }
 
-/// The proxy settings from the environment.
+/// The HTTPS_PROXY/NO_PROXY settings from the environment: how the SSM call leaves the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProxySettings {
+pub struct EgressProxy {
     https_proxy: Option<String>,
     no_proxy: Vec<Rule>,
 }
@@ -34,12 +34,12 @@ fn first_non_empty(var: &impl Fn(&str) -> Option<String>, names: &[&str]) -> Opt
         .find(|v| !v.is_empty())
 }
 
-impl ProxySettings {
-    pub fn from_env() -> ProxySettings {
-        ProxySettings::from_vars(|k| std::env::var(k).ok())
+impl EgressProxy {
+    pub fn from_env() -> EgressProxy {
+        EgressProxy::from_vars(|k| std::env::var(k).ok())
     }
 
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> ProxySettings {
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> EgressProxy {
         let https_proxy = first_non_empty(&var, &["HTTPS_PROXY", "https_proxy"]).map(|p| {
             if p.contains("://") {
                 p
@@ -50,7 +50,7 @@ impl ProxySettings {
         let no_proxy = first_non_empty(&var, &["NO_PROXY", "no_proxy"])
             .map(|v| v.split(',').filter_map(parse_rule).collect())
             .unwrap_or_default();
-        ProxySettings {
+        EgressProxy {
             https_proxy,
             no_proxy,
         }
@@ -207,9 +207,9 @@ fn parse_rule(entry: &str) -> Option<Rule> {
 mod tests {
     use super::*;
 
-    fn settings(proxy: &str, no_proxy: &str) -> ProxySettings {
+    fn settings(proxy: &str, no_proxy: &str) -> EgressProxy {
         let (p, n) = (proxy.to_string(), no_proxy.to_string());
-        ProxySettings::from_vars(move |k| match k {
+        EgressProxy::from_vars(move |k| match k {
             "HTTPS_PROXY" => Some(p.clone()),
             "NO_PROXY" => Some(n.clone()),
             _ => None,
@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn upper_case_wins_and_scheme_is_added() {
-        let s = ProxySettings::from_vars(|k| match k {
+        let s = EgressProxy::from_vars(|k| match k {
             "HTTPS_PROXY" => Some("proxy.corp:3128".into()),
             "https_proxy" => Some("http://other:1".into()),
             _ => None,
@@ -227,7 +227,7 @@ mod tests {
             s.proxy_for("ssm.us-west-2.amazonaws.com", 443),
             Some("http://proxy.corp:3128")
         );
-        let s = ProxySettings::from_vars(|k| match k {
+        let s = EgressProxy::from_vars(|k| match k {
             "HTTPS_PROXY" => Some("".into()),
             "https_proxy" => Some("http://lower:1".into()),
             "no_proxy" => Some("amazonaws.com".into()),
@@ -236,7 +236,7 @@ mod tests {
         assert_eq!(s.proxy_for("ssm.us-west-2.amazonaws.com", 443), None);
         assert_eq!(s.proxy_for("example.com", 443), Some("http://lower:1"));
         assert_eq!(
-            ProxySettings::from_vars(|_| None).proxy_for("example.com", 443),
+            EgressProxy::from_vars(|_| None).proxy_for("example.com", 443),
             None
         );
     }
