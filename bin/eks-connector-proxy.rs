@@ -81,6 +81,10 @@ const FLAGS: &[(&str, &str)] = &[
         "connect and TLS handshake timeout (default 10s)",
     ),
     (
+        "--proxy.readOnly",
+        "forward only reads (GET, HEAD, watches) and self-access reviews; 403 for the rest (default off)",
+    ),
+    (
         "--state.baseDir DIR",
         "accepted for compatibility with the original; unused by the proxy",
     ),
@@ -232,6 +236,7 @@ fn parse(flags: &mut Flags) -> Result<Config, UsageError> {
     if let Some(d) = flags.duration("--upstream.connectTimeout")? {
         pool.connect_timeout = d;
     }
+    let read_only = flags.switch("--proxy.readOnly");
     let health_addr = flags.string("--health.addr")?;
     let shutdown_grace = flags
         .duration("--shutdown.grace")?
@@ -253,6 +258,7 @@ fn parse(flags: &mut Flags) -> Result<Config, UsageError> {
         pool,
         health_addr,
         shutdown_grace,
+        read_only,
     })
 }
 

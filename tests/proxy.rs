@@ -1314,3 +1314,519 @@ fn readiness_follows_the_api_server() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.ends_with("\n503"), "{text}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A misbehaving API server. The defects below need an upstream that does what the real one does
+// only by accident (writes past its response, closes after a POST, says `Connection: close`):
+// a plain-HTTP backend scripted per request, logging every request head it receives.
+
+/// One request head the backend received.
+#[derive(Debug, Clone)]
+struct Seen {
+    /// Which upstream connection (0, 1, ...) it came on, and its index on that connection.
+    conn: usize,
+    index: usize,
+    method: String,
+    target: String,
+    /// `Impersonate-User` as received.
+    user: String,
+    /// It arrived on a connection after the backend had answered `Connection: close`.
+    after_close: bool,
+}
+
+/// What the script tells the backend to do after it wrote its answer.
+#[derive(PartialEq)]
+enum Then {
+    /// Read the next request on this connection.
+    Next,
+    /// Close now without another word.
+    Close,
+    /// We said `Connection: close`: log (as `after_close`) whatever still arrives, then close.
+    SaidClose,
+}
+
+type Script = std::sync::Arc<dyn Fn(&Seen, &mut std::net::TcpStream) -> Then + Send + Sync>;
+
+struct Backend {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+impl Backend {
+    fn start(script: Script) -> Backend {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for (conn, s) in listener.incoming().enumerate() {
+                let Ok(s) = s else { return };
+                let (script, log) = (script.clone(), log.clone());
+                std::thread::spawn(move || Backend::serve(conn, s, &script, &log));
+            }
+        });
+        Backend { port, seen }
+    }
+
+    fn serve(
+        conn: usize,
+        mut s: std::net::TcpStream,
+        script: &Script,
+        log: &std::sync::Mutex<Vec<Seen>>,
+    ) {
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut after_close = false;
+        for index in 0.. {
+            let Some(seen) = Backend::read_request(&mut r, conn, index, after_close) else {
+                return;
+            };
+            log.lock().unwrap().push(seen.clone());
+            if after_close {
+                continue;
+            }
+            match script(&seen, &mut s) {
+                Then::Next => {}
+                Then::Close => return,
+                Then::SaidClose => {
+                    after_close = true;
+                    // Linger a while: a proxy that ignores the header sends its next request here.
+                    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                }
+            }
+        }
+    }
+
+    /// Reads one request head and its Content-Length body.
+    fn read_request(
+        r: &mut impl std::io::BufRead,
+        conn: usize,
+        index: usize,
+        after_close: bool,
+    ) -> Option<Seen> {
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push(line.trim_end().to_string());
+        }
+        let header = |name: &str| {
+            head.iter()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                })
+                .unwrap_or_default()
+        };
+        let len: usize = header("content-length").parse().unwrap_or(0);
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).ok()?;
+        let mut first = head.first()?.split(' ');
+        Some(Seen {
+            conn,
+            index,
+            method: first.next()?.to_string(),
+            target: first.next()?.to_string(),
+            user: header("impersonate-user"),
+            after_close,
+        })
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// A proxy in front of this backend (plain HTTP), with a token file of its own.
+    fn proxy(&self, name: &str, extra: &[&str]) -> Proxy {
+        let sa = scratch(&format!("{name}-sa"));
+        std::fs::write(sa.join("token"), "backend-test-token\n").unwrap();
+        let mut args = vec!["--proxy.targetProtocol=http"];
+        args.extend_from_slice(extra);
+        Proxy::start(name, &format!("127.0.0.1:{}", self.port), &sa, &args)
+    }
+}
+
+/// A complete answer with a body.
+fn answer(s: &mut std::net::TcpStream, extra: &str, body: &str) {
+    // The proxy may have gone already: what it saw is what the test checks.
+    let _ = write!(
+        s,
+        "HTTP/1.1 200 OK\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Answers `for <impersonated user> <target>`: who the backend served, and what.
+fn echo(seen: &Seen, s: &mut std::net::TcpStream) -> Then {
+    answer(s, "", &format!("for {} {}", seen.user, seen.target));
+    Then::Next
+}
+
+fn get(target: &str, who: &str, extra: &str) -> String {
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: localhost\r\nx-aws-eks-identity-arn: {who}\r\n{extra}\r\n"
+    )
+}
+
+#[test]
+fn bytes_the_api_server_sent_unasked_never_reach_the_next_client() {
+    let backend = Backend::start(std::sync::Arc::new(
+        |seen: &Seen, s: &mut std::net::TcpStream| {
+            if seen.target == "/first" {
+                answer(s, "", "first");
+                // A buggy upstream (or a box in between) writes past its response, a moment later.
+                std::thread::sleep(Duration::from_millis(100));
+                answer(s, "", "INJECTED");
+                return Then::Next;
+            }
+            echo(seen, s)
+        },
+    ));
+    let proxy = backend.proxy("unasked", &[]);
+    let a = proxy.raw(get("/first", "alice", "Connection: close\r\n").as_bytes());
+    assert!(a.ends_with("\r\n\r\nfirst"), "{a}");
+    std::thread::sleep(Duration::from_millis(300));
+    for (who, path) in [("bob", "/second"), ("carol", "/third")] {
+        let r = proxy.raw(get(path, who, "Connection: close\r\n").as_bytes());
+        assert!(
+            r.ends_with(&format!("\r\n\r\nfor {who} {path}")),
+            "{who} got someone else's answer:\n{r}\nbackend saw {:?}",
+            backend.seen()
+        );
+    }
+}
+
+#[test]
+fn only_safe_methods_are_retried_after_a_kept_connection_fails() {
+    // The backend reads the request, then closes without answering: did it run? We cannot know.
+    let backend = Backend::start(std::sync::Arc::new(
+        |seen: &Seen, s: &mut std::net::TcpStream| {
+            if seen.index == 1 && seen.conn == 0 {
+                return Then::Close;
+            }
+            echo(seen, s)
+        },
+    ));
+    let proxy = backend.proxy("retry", &[]);
+    let mut c = UnixStream::connect(&proxy.sock).unwrap();
+    c.write_all(get("/warm", "alice", "").as_bytes()).unwrap();
+    assert!(read_one_response(&mut c).ends_with("for alice /warm"));
+    write!(
+        c,
+        "POST /api/v1/namespaces/x/configmaps HTTP/1.1\r\nHost: localhost\r\nx-aws-eks-identity-arn: alice\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let r = read_one_response(&mut c);
+    let posts = backend.seen().iter().filter(|s| s.method == "POST").count();
+    assert_eq!(
+        posts, 1,
+        "the API server saw the POST {posts} times; the client got:\n{r}"
+    );
+    assert!(r.starts_with("HTTP/1.1 502 "), "{r}");
+    // A GET on a kept connection that fails the same way is still retried: it is safe to repeat.
+    let backend = Backend::start(std::sync::Arc::new(
+        |seen: &Seen, s: &mut std::net::TcpStream| {
+            if seen.index == 1 && seen.conn == 0 {
+                return Then::Close;
+            }
+            echo(seen, s)
+        },
+    ));
+    let proxy = backend.proxy("retry-get", &[]);
+    let mut c = UnixStream::connect(&proxy.sock).unwrap();
+    c.write_all(get("/warm", "alice", "").as_bytes()).unwrap();
+    assert!(read_one_response(&mut c).ends_with("for alice /warm"));
+    c.write_all(get("/again", "alice", "").as_bytes()).unwrap();
+    let r = read_one_response(&mut c);
+    assert!(r.ends_with("for alice /again"), "{r}");
+}
+
+#[test]
+fn quiet_watches_with_the_largest_heads_give_their_buffers_back() {
+    // Each watch sends its head and one event, then stays quiet.
+    let backend = Backend::start(std::sync::Arc::new(
+        |_: &Seen, s: &mut std::net::TcpStream| {
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nevent\n\r\n",
+            );
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf); // until the proxy closes
+            Then::Close
+        },
+    ));
+    let proxy = backend.proxy("bigheads", &["--proxy.maxConnections=1100"]);
+    // Heads at the default limits: a 16 KiB request line and a 32 KiB header section.
+    let target = format!(
+        "/api/v1/pods?watch=1&labelSelector={}",
+        "a".repeat(16 * 1024 - 60)
+    );
+    let accept = "b".repeat(32 * 1024 - 200);
+    let one = || {
+        let mut c = UnixStream::connect(&proxy.sock).unwrap();
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nHost: localhost\r\nx-aws-eks-identity-arn: alice\r\nAccept: {accept}\r\n\r\n"
+        );
+        c.write_all(req.as_bytes()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(6).any(|w| w == b"event\n") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "watch closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        c
+    };
+    // Warm up (thread stacks, allocator arenas), then measure what each further watch costs.
+    let mut held: Vec<UnixStream> = (0..50).map(|_| one()).collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = proxy.status_of("VmRSS:");
+    const N: u64 = 300;
+    held.extend((0..N).map(|_| one()));
+    // Quiet for longer than the proxy waits before giving a stream's buffers back.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = proxy.status_of("VmRSS:");
+    let per_watch = (after.saturating_sub(before)) / N;
+    eprintln!("RSS {before} KiB -> {after} KiB for {N} quiet watches with 48 KiB heads: {per_watch} KiB each");
+    // The bound: 1024 connections (the default cap) x 48 KiB + a few MiB stay under the pod's
+    // 64 MiB limit.
+    assert!(
+        per_watch <= 48,
+        "{per_watch} KiB per quiet watch (bound: 48 KiB)"
+    );
+    drop(held);
+}
+
+/// Writes one byte every `every` until a write fails; how long that took, if it did within `max`.
+fn trickle(c: &mut UnixStream, every: Duration, max: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < max {
+        if c.write_all(b"x").is_err() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(every);
+    }
+    None
+}
+
+#[test]
+fn a_trickling_client_cannot_hold_its_connection_for_long() {
+    let backend = Backend::start(std::sync::Arc::new(echo));
+    let proxy = backend.proxy("trickle", &["--proxy.ioTimeout=2s"]);
+    // After an error answer the proxy discards what the client still sends: but not for ever.
+    let mut c = UnixStream::connect(&proxy.sock).unwrap();
+    c.write_all(b"NOT HTTP\r\n\r\n").unwrap();
+    let held = trickle(&mut c, Duration::from_millis(300), Duration::from_secs(8));
+    assert!(
+        held.is_some_and(|t| t < Duration::from_secs(4)),
+        "the proxy still took bytes {held:?} after its 400"
+    );
+    // A request body sent a byte at a time never stalls for the 2 s io timeout, but must still
+    // arrive within it as a whole.
+    let mut c = UnixStream::connect(&proxy.sock).unwrap();
+    write!(
+        c,
+        "POST /api/v1/namespaces/x/configmaps HTTP/1.1\r\nHost: localhost\r\nx-aws-eks-identity-arn: alice\r\nContent-Length: 100\r\n\r\n"
+    )
+    .unwrap();
+    let started = Instant::now();
+    let held = trickle(&mut c, Duration::from_millis(300), Duration::from_secs(8));
+    let r = read_one_response(&mut c);
+    assert!(
+        held.is_some_and(|t| t < Duration::from_secs(5)),
+        "the body was still being taken after {:?}: {r}",
+        started.elapsed()
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 408 ") || r.starts_with("HTTP/1.1 400 "),
+        "{r}"
+    );
+}
+
+#[test]
+fn the_readiness_probe_never_reuses_a_connection_the_server_closes() {
+    for (version, extra) in [("HTTP/1.1", "Connection: close\r\n"), ("HTTP/1.0", "")] {
+        let backend = Backend::start(std::sync::Arc::new(
+            move |seen: &Seen, s: &mut std::net::TcpStream| {
+                if seen.target == "/readyz" {
+                    write!(s, "{version} 200 OK\r\n{extra}Content-Length: 2\r\n\r\nok").unwrap();
+                    return Then::SaidClose;
+                }
+                echo(seen, s)
+            },
+        ));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let proxy = backend.proxy("probe-close", &[&format!("--health.addr=127.0.0.1:{port}")]);
+        let mut h = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        h.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut probe = String::new();
+        h.read_to_string(&mut probe).unwrap();
+        assert!(probe.starts_with("HTTP/1.1 200"), "{probe}");
+        let r = proxy.raw(get("/next", "alice", "Connection: close\r\n").as_bytes());
+        assert!(r.ends_with("for alice /next"), "{r}");
+        let late: Vec<Seen> = backend
+            .seen()
+            .into_iter()
+            .filter(|s| s.after_close)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "after a {version} {extra:?} answer the proxy still sent {late:?}"
+        );
+    }
+}
+
+#[test]
+fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    let backend = Backend::start(std::sync::Arc::new(
+        |seen: &Seen, s: &mut std::net::TcpStream| {
+            std::thread::sleep(Duration::from_millis(300));
+            echo(seen, s)
+        },
+    ));
+    let proxy = backend.proxy("halfclose", &[]);
+    let mut c = UnixStream::connect(&proxy.sock).unwrap();
+    c.write_all(get("/slow", "alice", "").as_bytes()).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = String::new();
+    let _ = c.read_to_string(&mut r);
+    assert!(
+        r.starts_with("HTTP/1.1 200 ") && r.ends_with("for alice /slow"),
+        "{r:?}"
+    );
+}
+
+/// A raw request with a JSON body (or none), as one connection; the whole answer.
+fn raw_request(proxy: &Proxy, method: &str, path: &str, who: &str, body: &str) -> String {
+    proxy.raw(
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nx-aws-eks-identity-arn: {who}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
+#[test]
+fn read_only_mode_forwards_reads_and_self_reviews_and_refuses_every_write() {
+    let env = common::cluster();
+    let ns = env.namespace("proxy-ro");
+    // An identity the cluster lets write: read-only mode is the second line of defence.
+    let editor = arn(&ns, "editor");
+    grant_impersonation(&ns, "connector", &[&editor]);
+    bind_user(&ns, "edit", &editor);
+    env.admin_request(
+        "POST",
+        &format!("/api/v1/namespaces/{}/configmaps", ns.name),
+        Some(&configmap("keep", json!({"k": "v"}))),
+    )
+    .unwrap();
+    let proxy = Proxy::for_ns("ro", &ns, &["--proxy.readOnly"]);
+    let cms = format!("/api/v1/namespaces/{}/configmaps", ns.name);
+
+    // Reads, watches and the questions a UI asks about its own permissions go through.
+    let (code, body) = proxy.curl(Some(&editor), &[], &cms);
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = proxy.curl(Some(&editor), &["-I"], &format!("{cms}/keep"));
+    assert_eq!(code, 200);
+    let (code, body) = proxy.curl(
+        Some(&editor),
+        &[],
+        &format!("{cms}?watch=1&timeoutSeconds=1"),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"ADDED\""), "{body}");
+    let ssar = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"namespace": ns.name, "verb": "create", "resource": "configmaps"}}})
+    .to_string();
+    let r = raw_request(
+        &proxy,
+        "POST",
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        &editor,
+        &ssar,
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 201 ") && r.contains("\"allowed\":true"),
+        "{r}"
+    );
+    let ssrr = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+        "spec": {"namespace": ns.name}})
+    .to_string();
+    let r = raw_request(
+        &proxy,
+        "POST",
+        "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+        &editor,
+        &ssrr,
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 201 ") && r.contains("resourceRules"),
+        "{r}"
+    );
+    let ssr =
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}).to_string();
+    let r = raw_request(
+        &proxy,
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        &editor,
+        &ssr,
+    );
+    assert!(r.starts_with("HTTP/1.1 201 ") && r.contains(&editor), "{r}");
+
+    // Writes, and writes dressed as one of those questions, are refused by the proxy itself.
+    let cm = configmap("made", json!({"k": "v"})).to_string();
+    let n = &ns.name;
+    let dressed = [
+        ("POST", cms.clone()),
+        ("POST", format!("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews/../../../../api/v1/namespaces/{n}/configmaps")),
+        ("POST", format!("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews%2F..%2F..%2F..%2F..%2Fapi%2Fv1%2Fnamespaces%2F{n}%2Fconfigmaps")),
+        ("POST", format!("/api/v1/namespaces/{n}/configmaps?x=/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")),
+        ("POST", "//apis/authorization.k8s.io/v1/selfsubjectaccessreviews".into()),
+        ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews/".into()),
+        ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews/status".into()),
+        ("POST", "/apis/authorizatio%6e.k8s.io/v1/selfsubjectaccessreviews".into()),
+        ("POST", "/apis/evil.example.com/v1/selfsubjectaccessreviews".into()),
+        ("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews".into()),
+        ("POST", format!("/apis/authorization.k8s.io/v1/namespaces/{n}/localsubjectaccessreviews")),
+        ("POST", format!("/apis/authorization.k8s.io/v1/namespaces/{n}/selfsubjectaccessreviews")),
+        ("PUT", format!("{cms}/keep")),
+        ("PATCH", format!("{cms}/keep")),
+        ("DELETE", format!("{cms}/keep")),
+        ("DELETE", cms.clone()),
+        ("post", cms.clone()),
+        ("GET", format!("/api/v1/namespaces/{n}/services/web:80/proxy/admin/delete")),
+        ("GET", "/api/v1/nodes/node-1/proxy/run".into()),
+    ];
+    for (method, path) in &dressed {
+        let r = raw_request(&proxy, method, path, &editor, &cm);
+        assert!(
+            r.starts_with("HTTP/1.1 403 ")
+                && r.contains("read-only")
+                && r.contains("\"kind\":\"Status\""),
+            "{method} {path} was not refused by the proxy:\n{r}"
+        );
+    }
+    assert!(!configmap_exists(&ns, "made"), "a write went through");
+    let kept = env
+        .admin_request("GET", &format!("{cms}/keep"), None)
+        .unwrap();
+    assert_eq!(kept["data"], json!({"k": "v"}));
+    // The refusals are audited like any answer.
+    let log = proxy.log_text();
+    assert!(
+        log.contains("method=DELETE") && log.contains("status=403"),
+        "{log}"
+    );
+}

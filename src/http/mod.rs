@@ -111,6 +111,8 @@ pub struct RequestHead {
     raw: Vec<u8>,
     method: Span,
     target: Span,
+    /// The target's length as received (more than `target` holds after [`RequestHead::compact`]).
+    target_len: usize,
     pub version: Version,
     fields: Vec<(Span, Span)>,
 }
@@ -123,6 +125,27 @@ impl RequestHead {
     /// The origin-form target: path and query, exactly as sent.
     pub fn target(&self) -> &str {
         std::str::from_utf8(&self.raw[self.target.clone()]).unwrap_or("")
+    }
+
+    /// The target's length as received, even after [`RequestHead::compact`] shortened it.
+    pub fn target_len(&self) -> usize {
+        self.target_len
+    }
+
+    /// Keeps only what is needed once the request went upstream: the method, the version and
+    /// the first `keep` bytes of the target (for the log); the header lines are dropped. A head
+    /// near the limits (48 KiB) would otherwise stay allocated for as long as its watch lasts.
+    pub fn compact(&mut self, keep: usize) {
+        let (m, t) = (self.method.clone(), self.target.clone());
+        let kept = t.start..t.start + t.len().min(keep);
+        let mut raw = Vec::with_capacity(m.len() + 1 + kept.len());
+        raw.extend_from_slice(&self.raw[m.clone()]);
+        raw.push(b' ');
+        raw.extend_from_slice(&self.raw[kept.clone()]);
+        self.method = 0..m.len();
+        self.target = m.len() + 1..raw.len();
+        self.raw = raw;
+        self.fields = Vec::new();
     }
 
     /// The path without the query.
@@ -171,6 +194,7 @@ impl RequestHead {
         let t = head.raw.len();
         head.raw.extend_from_slice(target.as_bytes());
         head.target = t..head.raw.len();
+        head.target_len = target.len();
         for (n, v) in headers {
             let ns = head.raw.len();
             head.raw.extend_from_slice(n.as_bytes());
@@ -459,6 +483,7 @@ impl<S: Timed + Read> HeadReader<S> {
             head.fields.clear();
             let (s, e) = *lines.first().ok_or(HeadError::Bad("empty head"))?;
             let (m, t, v) = parse_request_line(&head.raw[s..e], s).map_err(HeadError::Bad)?;
+            head.target_len = t.len();
             head.method = m;
             head.target = t;
             head.version = v;
@@ -573,10 +598,25 @@ impl<S: Timed + Read> HeadReader<S> {
         }
     }
 
-    /// Switches the socket to the body timeout.
-    pub fn body_mode(&mut self) -> io::Result<()> {
-        let t = self.io_timeout;
-        self.set_timeout(t)
+    /// Makes the next read wait no later than `deadline` (a request body's total deadline).
+    /// `false` once the deadline has passed.
+    pub fn wait_until(&mut self, deadline: Instant) -> io::Result<bool> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        self.set_timeout(deadline - now)?;
+        Ok(true)
+    }
+
+    /// Gives back a buffer that grew for a large head, once nothing is left in it.
+    pub fn shrink(&mut self) {
+        if self.buf.len() > 4 * INITIAL_BUF {
+            self.release_buffer();
+        }
+        if self.lines.capacity() > 64 {
+            self.lines = Vec::new();
+        }
     }
 }
 
@@ -605,6 +645,32 @@ impl<S: Timed + Read> BufRead for HeadReader<S> {
 
     fn consume(&mut self, n: usize) {
         self.pos = (self.pos + n).min(self.end);
+    }
+}
+
+/// The longest a connection we are closing may go on sending, in total.
+const LINGER: Duration = Duration::from_secs(2);
+/// ... and the most it may send meanwhile.
+const LINGER_BYTES: usize = 256 << 10;
+
+/// Closes a connection after an answer without resetting it: the caller has half-closed it;
+/// what the peer still sends is read and discarded (for at most [`LINGER`] in all, however
+/// slowly it trickles in) so that closing with unread bytes does not turn our answer into a
+/// reset.
+pub fn discard_until_closed<S: Read + Timed>(mut s: S) {
+    let deadline = Instant::now() + LINGER;
+    let mut buf = [0u8; 2048];
+    let mut budget = LINGER_BYTES;
+    loop {
+        let now = Instant::now();
+        if now >= deadline || s.set_timeout(Some(deadline - now)).is_err() {
+            return;
+        }
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 && n < budget => budget -= n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            _ => return,
+        }
     }
 }
 
@@ -793,6 +859,14 @@ pub fn response_framing(method: &str, head: &ResponseHead) -> Result<Framing, &'
         return Err("conflicting Content-Length from upstream");
     }
     Ok(Framing::Length(n))
+}
+
+/// The one reuse rule for a connection whose response was read to its end: HTTP/1.1, a body
+/// with an end of its own, and no `Connection: close`. Every upstream exchange follows it.
+pub fn keeps_connection(head: &ResponseHead, framing: Framing) -> bool {
+    head.version == Version::Http11
+        && framing != Framing::UntilClose
+        && !head.lists_token("connection", "close")
 }
 
 const MAX_CHUNK_LINE: usize = 1024;

@@ -16,16 +16,25 @@ pub const TARGET: &str = "audit";
 
 static ENABLED: OnceLock<bool> = OnceLock::new();
 
-/// Writes one audit line. `note` says why a request was refused or cut short.
-pub fn record(
-    identity: &str,
-    method: &str,
-    path: &str,
-    status: u16,
-    bytes: u64,
-    took: Duration,
-    note: Option<&str>,
-) {
+/// The most of a request target an audit line carries: a query string can be 16 KiB.
+pub const MAX_TARGET: usize = 1024;
+
+/// One request, as the audit line records it.
+pub struct Entry<'a> {
+    pub identity: &'a str,
+    pub method: &'a str,
+    pub target: &'a str,
+    /// The target's length as received (it may be longer than `target`).
+    pub target_len: usize,
+    pub status: u16,
+    pub bytes: u64,
+    pub took: Duration,
+    /// Why a request was refused or cut short.
+    pub note: Option<&'a str>,
+}
+
+/// Writes one audit line.
+pub fn record(entry: &Entry) {
     if !*ENABLED.get_or_init(|| log::log_enabled!(target: TARGET, log::Level::Info)) {
         return;
     }
@@ -34,38 +43,42 @@ pub fn record(
             return;
         };
         line.clear();
-        format_line(&mut line, identity, method, path, status, bytes, took, note);
+        format_line(&mut line, entry);
         write_stderr(line.as_bytes());
-        if line.capacity() > 16 << 10 {
-            *line = String::new();
-        }
     });
 }
 
 thread_local! {
-    /// Each connection thread formats its lines in one reused buffer.
+    /// Each connection thread formats its lines in one reused buffer (a few KiB at most: every
+    /// field is bounded).
     static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
-#[allow(clippy::too_many_arguments)]
-fn format_line(
-    line: &mut String,
-    identity: &str,
-    method: &str,
-    path: &str,
-    status: u16,
-    bytes: u64,
-    took: Duration,
-    note: Option<&str>,
-) {
+fn format_line(line: &mut String, e: &Entry) {
     line.push('[');
     push_timestamp(line, SystemTime::now());
-    let ms = took.as_secs_f64() * 1000.0;
+    let ms = e.took.as_secs_f64() * 1000.0;
+    let mut cut = e.target.len().min(MAX_TARGET);
+    while !e.target.is_char_boundary(cut) {
+        cut -= 1;
+    }
     let _ = write!(
         line,
-        " INFO  {TARGET}] identity={identity:?} method={method} path={path:?} status={status} bytes={bytes} duration_ms={ms:.1}"
+        " INFO  {TARGET}] identity={:?} method={} path={:?}",
+        e.identity,
+        e.method,
+        &e.target[..cut]
     );
-    if let Some(n) = note {
+    let len = e.target_len.max(e.target.len());
+    if len > cut {
+        let _ = write!(line, " path_bytes={len}");
+    }
+    let _ = write!(
+        line,
+        " status={} bytes={} duration_ms={ms:.1}",
+        e.status, e.bytes
+    );
+    if let Some(n) = e.note {
         let _ = write!(line, " note={n:?}");
     }
     line.push('\n');
@@ -120,5 +133,41 @@ mod tests {
         let mut s = String::new();
         push_timestamp(&mut s, UNIX_EPOCH);
         assert_eq!(s, "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_long_query_string_is_capped() {
+        let target = format!("/api/v1/pods?labelSelector={}", "a".repeat(16 << 10));
+        let mut entry = Entry {
+            identity: "arn:x",
+            method: "GET",
+            target: &target,
+            target_len: target.len(),
+            status: 200,
+            bytes: 5,
+            took: Duration::ZERO,
+            note: None,
+        };
+        let mut line = String::new();
+        format_line(&mut line, &entry);
+        assert!(line.len() < 2048, "a {} byte audit line", line.len());
+        assert!(
+            line.contains("path=\"/api/v1/pods?labelSelector=aaa"),
+            "{line}"
+        );
+        let tail = format!("a\" path_bytes={} status=200", target.len());
+        assert!(line.contains(&tail), "{line}");
+        assert!(line.ends_with('\n'));
+        // A head compacted for a long stream keeps the target's length.
+        entry.target = &target[..MAX_TARGET];
+        let mut again = String::new();
+        format_line(&mut again, &entry);
+        assert_eq!(line[24..], again[24..]);
+        // Short targets are written whole, without a length.
+        entry.target = "/version";
+        entry.target_len = 8;
+        line.clear();
+        format_line(&mut line, &entry);
+        assert!(line.contains(" path=\"/version\" status=200 "), "{line}");
     }
 }

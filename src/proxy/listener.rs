@@ -225,20 +225,11 @@ impl Stream {
         }
     }
 
-    /// Closes after an answer without resetting the connection: half-close, then discard what
-    /// the client still sends (briefly), so our answer is not lost to a TCP reset.
+    /// Closes after an answer without resetting the connection (see
+    /// [`crate::http::discard_until_closed`]).
     pub fn linger_close(&self) {
         self.shutdown_write();
-        let mut s = self;
-        let _ = crate::http::Timed::set_timeout(&s, Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 2048];
-        let mut budget = 256usize << 10;
-        while let Ok(n) = s.read(&mut buf) {
-            if n == 0 || n >= budget {
-                break;
-            }
-            budget -= n;
-        }
+        crate::http::discard_until_closed(self);
     }
 }
 

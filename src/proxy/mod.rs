@@ -93,6 +93,8 @@ pub struct Config {
     pub health_addr: Option<String>,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Forward only reads and self-access reviews (`--proxy.readOnly`).
+    pub read_only: bool,
 }
 
 /// Why the proxy could not start (it stops cleanly on signals: that is not an error).
@@ -138,6 +140,7 @@ pub(crate) struct Shared {
     /// Requests being answered now.
     in_flight: AtomicUsize,
     stopping: AtomicBool,
+    read_only: bool,
 }
 
 /// At most this many over-the-cap clients are answered 503 at once; beyond, they are dropped.
@@ -171,6 +174,7 @@ pub fn run(config: Config) -> Result<(), ProxyError> {
         rejecting: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
+        read_only: config.read_only,
     });
     if let Some(addr) = &config.health_addr {
         let (s, l) = (shared.clone(), listener.clone());
@@ -335,58 +339,11 @@ fn ready(shared: &Shared, listener: &Listener) -> Result<(), String> {
     if !listener.is_listening() {
         return Err(format!("{} is gone", listener.local_addr()));
     }
-    match probe(&shared.upstream, "/readyz") {
+    match shared.upstream.get("/readyz", &shared.limits.upstream_head) {
         Ok(200) => Ok(()),
         Ok(code) => Err(format!("the API server answered /readyz with {code}")),
         Err(e) => Err(e.to_string()),
     }
-}
-
-/// A `GET` with our own token (no impersonation); the status code.
-pub(crate) fn probe(up: &Upstream, path: &str) -> Result<u16, upstream::UpstreamError> {
-    use std::io::Write as _;
-    use upstream::UpstreamError;
-    let creds = up.current_credentials();
-    let token = creds.token()?;
-    let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer ",
-        up.target.authority
-    )
-    .into_bytes();
-    req.extend_from_slice(token);
-    req.extend_from_slice(
-        format!(
-            "\r\nUser-Agent: eks-connector/{}\r\nAccept: */*\r\n\r\n",
-            crate::VERSION
-        )
-        .as_bytes(),
-    );
-    let mut conn = up.checkout(&creds, &mut None, false)?;
-    let w = conn.io.get_mut();
-    w.write_all(&req)
-        .and_then(|_| w.flush())
-        .map_err(UpstreamError::Io)?;
-    let limits = Limits::default().upstream_head;
-    let mut resp = http::ResponseHead::default();
-    http::read_response(&mut conn.io, &limits, &mut resp)
-        .map_err(|_| UpstreamError::BadResponse("no valid response to the readiness probe"))?;
-    let framing = http::response_framing("GET", &resp).map_err(UpstreamError::BadResponse)?;
-    let mut body = http::Body::new(framing);
-    let mut total = 0usize;
-    while let http::Step::Data(n) = body
-        .next(&mut conn.io)
-        .map_err(|_| UpstreamError::BadResponse("readiness probe body cut short"))?
-    {
-        body.consume(&mut conn.io, n);
-        total += n;
-        if total > 1 << 20 {
-            return Err(UpstreamError::BadResponse("readiness probe body too large"));
-        }
-    }
-    if framing != http::Framing::UntilClose {
-        up.checkin(conn);
-    }
-    Ok(resp.status)
 }
 
 /// Thousands of watches need thousands of descriptors: raise the soft limit to the hard one.

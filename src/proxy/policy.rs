@@ -126,6 +126,64 @@ pub fn identity(head: &RequestHead) -> Result<Identity<'_>, Refusal> {
     Ok(Identity::User(user))
 }
 
+/// The POSTs that only ask a question: a UI checking its own permissions. Exact paths, byte for
+/// byte: any other spelling (another group or version, a subresource, `..`, `//`, percent
+/// escapes, a trailing slash) is refused rather than interpreted.
+const QUESTIONS: [&str; 6] = [
+    "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+    "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+    "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+    "/apis/authentication.k8s.io/v1beta1/selfsubjectreviews",
+    "/apis/authorization.k8s.io/v1beta1/selfsubjectaccessreviews",
+    "/apis/authorization.k8s.io/v1beta1/selfsubjectrulesreviews",
+];
+
+/// Read-only mode (`--proxy.readOnly`): `GET` and `HEAD` (watches included) and the POSTs in
+/// [`QUESTIONS`]; everything else is refused with 403 — a second line of defence should the
+/// console's identities be bound to more than viewing. `GET`s through a `proxy` subresource are
+/// refused too: they reach arbitrary servers in the cluster, where a GET may change things.
+pub fn check_read_only(head: &RequestHead) -> Result<(), Refusal> {
+    let path = head.path();
+    let allowed = match head.method() {
+        "GET" | "HEAD" => !is_proxy_subresource(path),
+        "POST" => QUESTIONS.contains(&path),
+        _ => false,
+    };
+    if allowed {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        403,
+        format!(
+            "eks-connector-proxy is read-only (--proxy.readOnly): {} {} is not forwarded; only reads and self-access reviews are",
+            head.method(),
+            &path[..path.len().min(256)]
+        ),
+    ))
+}
+
+/// `/api/v1/nodes/N/proxy…`, `/api/v1/namespaces/NS/{pods,services}/N/proxy…` and the old
+/// `/api/v1/proxy/…` form.
+fn is_proxy_subresource(path: &str) -> bool {
+    let seg: Vec<&str> = path.split('/').collect();
+    matches!(
+        seg.as_slice(),
+        ["", "api", "v1", "proxy", ..]
+            | ["", "api", "v1", "nodes", _, "proxy", ..]
+            | [
+                "",
+                "api",
+                "v1",
+                "namespaces",
+                _,
+                "pods" | "services",
+                _,
+                "proxy",
+                ..
+            ]
+    )
+}
+
 /// The `Expect` header: `Ok(true)` for `100-continue`, an error for anything else.
 pub fn expects_continue(head: &RequestHead) -> Result<bool, Refusal> {
     let mut want = false;
@@ -244,6 +302,7 @@ pub fn reason(status: u16) -> &'static str {
         100 => "Continue",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         408 => "Request Timeout",
         414 => "URI Too Long",
         417 => "Expectation Failed",
@@ -260,6 +319,7 @@ pub fn status_body(status: u16, message: &str) -> String {
     let reason = match status {
         400 | 417 => "BadRequest",
         401 => "Unauthorized",
+        403 => "Forbidden",
         408 => "Timeout",
         414 | 431 => "RequestEntityTooLarge",
         503 => "ServiceUnavailable",
@@ -506,5 +566,50 @@ mod tests {
             "Content-Length: {}\r\nConnection: close\r\n\r\n{BODY_502}",
             BODY_502.len()
         )));
+    }
+
+    #[test]
+    fn read_only_allows_reads_and_exact_self_reviews() {
+        let ok = |m: &str, t: &str| check_read_only(&req(m, t, &[])).is_ok();
+        assert!(ok("GET", "/api/v1/pods?watch=1"));
+        assert!(ok("HEAD", "/api/v1/namespaces/x/configmaps/y"));
+        assert!(ok(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+        ));
+        assert!(ok(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews?x=1"
+        ));
+        assert!(ok(
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+        ));
+        for (m, t) in [
+            ("POST", "/api/v1/namespaces/x/configmaps"),
+            (
+                "POST",
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews/",
+            ),
+            (
+                "POST",
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews/../x",
+            ),
+            ("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews"),
+            ("PUT", "/api/v1/namespaces/x/configmaps/y"),
+            ("DELETE", "/api/v1/namespaces/x/configmaps/y"),
+            ("OPTIONS", "/api"),
+            ("get", "/api"),
+            ("GET", "/api/v1/namespaces/x/pods/p/proxy"),
+            ("GET", "/api/v1/namespaces/x/services/s:80/proxy/a"),
+            ("GET", "/api/v1/nodes/n/proxy/run"),
+            ("GET", "/api/v1/proxy/namespaces/x/services/s"),
+        ] {
+            let r = check_read_only(&req(m, t, &[])).unwrap_err();
+            assert_eq!(r.status, 403, "{m} {t}");
+            assert!(r.message.contains("read-only"), "{}", r.message);
+        }
+        // A namespace or object named "proxy" is not a proxy subresource.
+        assert!(ok("GET", "/api/v1/namespaces/proxy/pods/proxy"));
     }
 }

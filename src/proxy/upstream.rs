@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
+use crate::http::{self, HeadLimits};
 use crate::watched_file::WatchedFile;
 
 /// Where the API server is.
@@ -98,7 +99,27 @@ pub enum UpstreamError {
     Connect(String),
     Tls(String),
     Io(io::Error),
+    /// The connection closed before a byte of the answer: a kept connection the server had
+    /// timed out, usually.
+    ClosedEarly,
     BadResponse(&'static str),
+}
+
+impl UpstreamError {
+    /// The request certainly did not reach the API server's handler: the connection was closed
+    /// or reset under us before any answer. (A request that timed out may still be running.)
+    pub fn never_answered(&self) -> bool {
+        match self {
+            UpstreamError::ClosedEarly => true,
+            UpstreamError::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -108,6 +129,9 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Connect(m) => write!(f, "cannot connect to the API server: {m}"),
             UpstreamError::Tls(m) => write!(f, "TLS with the API server failed: {m}"),
             UpstreamError::Io(e) => write!(f, "API server connection failed: {e}"),
+            UpstreamError::ClosedEarly => {
+                write!(f, "the API server closed the connection before answering")
+            }
             UpstreamError::BadResponse(w) => write!(f, "bad response from the API server: {w}"),
         }
     }
@@ -172,9 +196,6 @@ impl Write for Io {
         }
     }
 }
-
-/// A connection idle for less than this is reused without checking the socket first.
-const RECENT: Duration = Duration::from_secs(1);
 
 /// Buffer for reading responses. Small: a watch holds one per open stream.
 const READ_BUF: usize = 8 << 10;
@@ -249,7 +270,7 @@ impl BufRead for UpReader {
     }
 }
 
-impl crate::http::Buffered for UpReader {
+impl http::Buffered for UpReader {
     fn buffered(&self) -> &[u8] {
         self.buffer()
     }
@@ -520,28 +541,23 @@ impl Upstream {
         self.idle_total.fetch_sub(1, Ordering::AcqRel);
     }
 
-    fn usable(&self, conn: &mut Conn, creds: &Creds, retryable: bool) -> bool {
-        let idle = conn.idle_since.elapsed();
+    /// Whether a kept connection may carry the next request: made with the current CA, not idle
+    /// too long, and quiet — nothing buffered, nothing pending in TLS, nothing on the socket. Bytes
+    /// the API server sent unasked (a bug, a box in between) would otherwise be read as the next
+    /// request's answer, whoever sent it; such a connection is closed instead.
+    fn usable(&self, conn: &mut Conn, creds: &Creds) -> bool {
         conn.ca_generation == creds.ca_generation()
-            && idle < self.config.idle_timeout
-            && conn.io.buffer().is_empty()
-            // Used within the last second by a request that can be retried on a new connection
-            // (no body): the server has not timed it out. Otherwise ask the socket.
-            && ((retryable && idle < RECENT) || is_quiet(conn.io.get_ref().raw_fd()))
+            && conn.idle_since.elapsed() < self.config.idle_timeout
+            && Self::reusable(conn)
+            && is_quiet(conn.io.get_ref().raw_fd())
     }
 
     /// A connection for one request: the one this client connection kept (`held`), else a live
-    /// idle one from the pool, else a new one. `retryable`: the request has no body, so a
-    /// failure before the answer can be retried on a new connection.
-    pub fn checkout(
-        &self,
-        creds: &Creds,
-        held: &mut Option<Conn>,
-        retryable: bool,
-    ) -> Result<Conn, UpstreamError> {
+    /// idle one from the pool, else a new one.
+    pub fn checkout(&self, creds: &Creds, held: &mut Option<Conn>) -> Result<Conn, UpstreamError> {
         if let Some(mut conn) = held.take() {
             self.release_idle();
-            if self.usable(&mut conn, creds, retryable) {
+            if self.usable(&mut conn, creds) {
                 conn.reused = true;
                 return Ok(conn);
             }
@@ -550,7 +566,7 @@ impl Upstream {
             let candidate = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let Some(mut conn) = candidate else { break };
             self.release_idle();
-            if self.usable(&mut conn, creds, retryable) {
+            if self.usable(&mut conn, creds) {
                 conn.reused = true;
                 return Ok(conn);
             }
@@ -683,6 +699,54 @@ impl Upstream {
             .push(conn);
     }
 
+    /// A `GET` of `path` with our own token (no impersonation), through the pool and under the
+    /// same reuse rule as every proxied request; the status code. For the readiness probe.
+    pub fn get(&self, path: &str, limits: &HeadLimits) -> Result<u16, UpstreamError> {
+        let creds = self.current_credentials();
+        let mut req = Vec::with_capacity(256);
+        for part in [
+            "GET ",
+            path,
+            " HTTP/1.1\r\nHost: ",
+            &self.target.authority,
+            "\r\nAuthorization: Bearer ",
+        ] {
+            req.extend_from_slice(part.as_bytes());
+        }
+        req.extend_from_slice(creds.token()?);
+        req.extend_from_slice(b"\r\nUser-Agent: eks-connector/");
+        req.extend_from_slice(crate::VERSION.as_bytes());
+        req.extend_from_slice(b"\r\nAccept: */*\r\n\r\n");
+        let mut conn = self.checkout(&creds, &mut None)?;
+        let w = conn.io.get_mut();
+        w.write_all(&req)
+            .and_then(|_| w.flush())
+            .map_err(UpstreamError::Io)?;
+        let mut resp = http::ResponseHead::default();
+        match http::read_response(&mut conn.io, limits, &mut resp) {
+            Ok(()) => {}
+            Err(http::HeadError::Closed) => return Err(UpstreamError::ClosedEarly),
+            Err(_) => return Err(UpstreamError::BadResponse("no valid answer to a probe")),
+        }
+        let framing = http::response_framing("GET", &resp).map_err(UpstreamError::BadResponse)?;
+        let mut body = http::Body::new(framing);
+        let mut total = 0usize;
+        while let http::Step::Data(n) = body
+            .next(&mut conn.io)
+            .map_err(|_| UpstreamError::BadResponse("a probe's answer was cut short"))?
+        {
+            body.consume(&mut conn.io, n);
+            total += n;
+            if total > 1 << 20 {
+                return Err(UpstreamError::BadResponse("a probe's answer is too large"));
+            }
+        }
+        if http::keeps_connection(&resp, framing) {
+            self.checkin(conn);
+        }
+        Ok(resp.status)
+    }
+
     /// Closes pooled connections past their idle timeout (called periodically).
     pub fn reap_idle(&self) {
         let timeout = self.config.idle_timeout;
@@ -776,7 +840,7 @@ mod tests {
         assert_eq!(creds.token().unwrap(), b"tok");
         let mut none = None;
         let conns: Vec<Conn> = (0..4)
-            .map(|_| up.checkout(&creds, &mut none, false).unwrap())
+            .map(|_| up.checkout(&creds, &mut none).unwrap())
             .collect();
         assert_eq!(up.open_connections(), 4);
         for c in conns {
@@ -784,20 +848,20 @@ mod tests {
         }
         // Only max_idle stay open.
         assert_eq!(up.open_connections(), 2);
-        let c = up.checkout(&creds, &mut none, false).unwrap();
+        let c = up.checkout(&creds, &mut none).unwrap();
         assert!(c.reused);
         assert_eq!(up.open_connections(), 2);
         // A client connection keeps it between requests; the budget counts it as idle.
         let mut held = None;
         up.keep(c, &mut held);
         assert!(held.is_some());
-        let extra = up.checkout(&creds, &mut none, false).unwrap(); // the last pooled one
-        let fresh = up.checkout(&creds, &mut none, false).unwrap(); // a new one
+        let extra = up.checkout(&creds, &mut none).unwrap(); // the last pooled one
+        let fresh = up.checkout(&creds, &mut none).unwrap(); // a new one
         assert_eq!(up.open_connections(), 3);
         up.checkin(extra); // budget: held + this = 2
         up.checkin(fresh); // over the budget: closed
         assert_eq!(up.open_connections(), 2);
-        let c = up.checkout(&creds, &mut held, true).unwrap();
+        let c = up.checkout(&creds, &mut held).unwrap();
         assert!(c.reused && held.is_none());
         drop(c);
         assert_eq!(up.open_connections(), 1);
