@@ -1,9 +1,11 @@
 //! The health endpoint kubelet probes: `/healthz` (the process is alive) and `/readyz` (the
 //! component says it can do its job). Shared by the proxy and the agent launcher.
 //!
-//! Hand-written rather than tiny_http because this port is reachable from the pod network: the
-//! request head is capped (4 KiB), read with a timeout, and the connection closed after one answer,
-//! so a slow or hostile client costs one short-lived thread at most.
+//! This port is reachable from the pod network, so a slow or hostile client must never make a
+//! probe fail: request heads go through the proxy's strict parser ([`crate::http`]) with small
+//! limits, every connection has a total deadline of a few seconds (however slowly its bytes
+//! trickle in), one answer then close, and over the connection cap a client gets a 503 rather
+//! than a silent close.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -11,9 +13,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const MAX_HEAD: usize = 4096;
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
-const MAX_CONCURRENT: usize = 16;
+use crate::http::{self, HeadError, HeadLimits, HeadReader, RequestHead};
+
+/// A probe's head is one short line and a few headers.
+const LIMITS: HeadLimits = HeadLimits {
+    max_line: 1024,
+    max_header_bytes: 4096,
+    max_headers: 32,
+};
+/// The longest wait for a request's first byte, then for the rest of its head: with the write
+/// and the linger after it, a connection lasts a few seconds at most.
+const HEAD_WAIT: Duration = Duration::from_millis(1500);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connections answered at once. Far more than kubelet's probes need, so a handful of slow
+/// clients cannot crowd them out; beyond it, 503.
+const MAX_CONCURRENT: usize = 64;
 const STACK: usize = 64 << 10;
 
 /// Answers `/readyz`: `Ok(())` when ready, or why not.
@@ -32,7 +46,8 @@ pub fn serve(addr: &str, ready: ReadyCheck) -> std::io::Result<SocketAddr> {
                 let Ok(stream) = conn else { continue };
                 if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONCURRENT {
                     active.fetch_sub(1, Ordering::SeqCst);
-                    continue; // dropped: probes retry
+                    turn_away(&stream);
+                    continue;
                 }
                 let ready = ready.clone();
                 let active2 = active.clone();
@@ -40,7 +55,7 @@ pub fn serve(addr: &str, ready: ReadyCheck) -> std::io::Result<SocketAddr> {
                     .name("health-conn".into())
                     .stack_size(STACK)
                     .spawn(move || {
-                        answer(stream, &ready);
+                        answer(&stream, &ready);
                         active2.fetch_sub(1, Ordering::SeqCst);
                     });
                 if spawned.is_err() {
@@ -51,58 +66,61 @@ pub fn serve(addr: &str, ready: ReadyCheck) -> std::io::Result<SocketAddr> {
     Ok(local)
 }
 
-fn answer(mut stream: TcpStream, ready: &ReadyCheck) {
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 512];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-        if head.len() > MAX_HEAD {
-            let _ = respond(&mut stream, 431, "request head too large\n");
-            drain(&mut stream);
+/// Over the cap: a 503 written from the accepting thread without ever waiting (a fresh
+/// socket's send buffer is empty), after taking whatever the client already sent so that
+/// closing does not reset the answer away.
+fn turn_away(stream: &TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    let mut buf = [0u8; 1024];
+    let _ = (&*stream).read(&mut buf);
+    let _ = respond(stream, 503, "busy: too many health connections; retry\n");
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+fn answer(stream: &TcpStream, ready: &ReadyCheck) {
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let mut reader = HeadReader::new(stream, HEAD_WAIT);
+    let mut head = RequestHead::default();
+    let read = reader.read_request(&mut head, &LIMITS, HEAD_WAIT, HEAD_WAIT);
+    let answered = match read {
+        Ok(()) => route(stream, &head, ready),
+        Err(e @ (HeadError::Closed | HeadError::Io(_))) => {
+            log::debug!("health check connection: {}", e.message());
             return;
         }
-    }
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let _ = match (method, path) {
-        ("GET" | "HEAD", "/healthz" | "/livez") => respond(&mut stream, 200, "ok\n"),
-        ("GET" | "HEAD", "/readyz") => match ready() {
-            Ok(()) => respond(&mut stream, 200, "ok\n"),
-            Err(why) => respond(&mut stream, 503, &format!("not ready: {why}\n")),
-        },
-        ("GET" | "HEAD", _) => respond(&mut stream, 404, "not found: try /healthz or /readyz\n"),
-        _ => respond(&mut stream, 405, "method not allowed\n"),
+        // The status the error calls for; a client that sent nothing in time gets 408 too.
+        Err(e) => respond(
+            stream,
+            e.status().unwrap_or(408),
+            &format!("{}\n", e.message()),
+        ),
     };
-}
-
-/// Half-closes and discards what the client still sends (briefly), so that closing with unread
-/// bytes does not turn our answer into a connection reset.
-fn drain(stream: &mut TcpStream) {
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut buf = [0u8; 4096];
-    let mut budget = 1usize << 20;
-    while let Ok(n) = stream.read(&mut buf) {
-        if n == 0 || n >= budget {
-            break;
-        }
-        budget -= n;
+    if answered.is_ok() {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        http::discard_until_closed(stream);
     }
 }
 
-fn respond(stream: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()> {
+fn route(stream: &TcpStream, head: &RequestHead, ready: &ReadyCheck) -> std::io::Result<()> {
+    match (head.method(), head.path()) {
+        ("GET" | "HEAD", "/healthz" | "/livez") => respond(stream, 200, "ok\n"),
+        ("GET" | "HEAD", "/readyz") => match ready() {
+            Ok(()) => respond(stream, 200, "ok\n"),
+            Err(why) => respond(stream, 503, &format!("not ready: {why}\n")),
+        },
+        ("GET" | "HEAD", _) => respond(stream, 404, "not found: try /healthz or /readyz\n"),
+        _ => respond(stream, 405, "method not allowed\n"),
+    }
+}
+
+fn respond(mut stream: &TcpStream, code: u16, body: &str) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
+        400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        414 => "URI Too Long",
         431 => "Request Header Fields Too Large",
         _ => "Service Unavailable",
     };
@@ -152,5 +170,63 @@ mod tests {
         assert!(get(addr, b"GET /x HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
         let big = format!("GET /healthz HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(8000));
         assert!(get(addr, big.as_bytes()).starts_with("HTTP/1.1 431"));
+        // The strict parser: a bare LF is not a line end.
+        assert!(get(addr, b"GET /healthz HTTP/1.1\n\n").starts_with("HTTP/1.1 400"));
+    }
+
+    #[test]
+    fn slow_clients_never_make_a_probe_fail() {
+        let addr = serve("127.0.0.1:0", Arc::new(|| Ok(()))).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        // 16 clients sending a byte a second, reconnecting whenever they are cut off.
+        let slow: Vec<_> = (0..16)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let Ok(mut s) = TcpStream::connect(addr) else {
+                            continue;
+                        };
+                        for b in b"GET /healthz HTTP/1.1\r\nX: yyyyyyyyyyyyyyyyyyyyyyy" {
+                            if stop.load(Ordering::SeqCst) || s.write_all(&[*b]).is_err() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                })
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        for at in [2, 4, 6, 8] {
+            let wait = Duration::from_secs(at).saturating_sub(started.elapsed());
+            std::thread::sleep(wait);
+            let r = get(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert!(r.starts_with("HTTP/1.1 200"), "probe at {at} s got {r:?}");
+        }
+        stop.store(true, Ordering::SeqCst);
+        for t in slow {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_connection_lasts_a_few_seconds_however_slow() {
+        let addr = serve("127.0.0.1:0", Arc::new(|| Ok(()))).unwrap();
+        let mut s = TcpStream::connect(addr).unwrap();
+        let started = std::time::Instant::now();
+        let mut cut = None;
+        for _ in 0..40 {
+            if s.write_all(b"x").is_err() {
+                cut = Some(started.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        assert!(
+            cut.is_some_and(|t| t < Duration::from_secs(7)),
+            "still connected after {:?}",
+            started.elapsed()
+        );
     }
 }
