@@ -5,6 +5,7 @@
 #   ./build.sh kube-env DIR start the real control plane on loopback (foreground, until killed)
 #   ./build.sh image        the scratch image (both architectures) as an OCI archive in dist/
 #   ./build.sh bench        benchmarks (proxy and agent launcher), release builds
+#   ./build.sh fuzz [SECS]  every cargo-fuzz target for SECS seconds each (default 60; nightly)
 #   ./build.sh demo         the whole flow on this machine: control plane, SSM stand-in, all three parts
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -44,6 +45,30 @@ build_release() {
     done
 }
 
+# Runs every fuzz target for a while (not in CI: `cargo test --test fuzz_corpus` replays the
+# committed corpora on stable). New inputs go to fuzz/work/TARGET; crashes to fuzz/artifacts/.
+run_fuzz() {
+    local secs="${1:-60}"
+    [[ "$secs" =~ ^[0-9]+$ ]] || die "usage: ./build.sh fuzz [SECONDS]"
+    rustup toolchain list 2>/dev/null | grep -q '^nightly' \
+        || die "fuzzing needs the nightly toolchain: rustup toolchain install nightly"
+    command -v cargo-fuzz >/dev/null || die "cargo-fuzz is missing: cargo install cargo-fuzz"
+    cd fuzz
+    local failed=()
+    for t in $(cargo +nightly fuzz list); do
+        mkdir -p "work/$t"
+        say "fuzz $t for ${secs}s"
+        set +o pipefail
+        cargo +nightly fuzz run -O "$t" "work/$t" "corpus/$t" -- -max_total_time="$secs" \
+            -print_final_stats=1 2>&1 \
+            | { grep -E '^(stat::number_of_executed_units|stat::new_units_added|==|SUMMARY|Test unit written)' || true; }
+        local rc=${PIPESTATUS[0]}
+        set -o pipefail
+        [[ $rc == 0 ]] || failed+=("$t")
+    done
+    ((${#failed[@]} == 0)) || die "crashes in: ${failed[*]} (inputs in fuzz/artifacts/; add them to fuzz/corpus/ once fixed)"
+}
+
 run_tests() {
     need_rust
     need_commands go:golang-go openssl:openssl curl:curl setpriv:util-linux flock:util-linux python3:python3
@@ -75,6 +100,7 @@ case "${1:-release}" in
     release|build) build_release "${@:2}" ;;
     x86_64|aarch64) build_release "$@" ;;
     test) run_tests ;;
+    fuzz) run_fuzz "${@:2}" ;;
     kube-env)
         [[ $# -ge 2 ]] || die "usage: ./build.sh kube-env DIR"
         need_commands go:golang-go openssl:openssl curl:curl setpriv:util-linux flock:util-linux
@@ -90,6 +116,6 @@ case "${1:-release}" in
             "$b"
         done
         ;;
-    -h|--help|help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' ;;
+    -h|--help|help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown command $1 (try ./build.sh --help)" ;;
 esac

@@ -155,6 +155,37 @@ impl Io {
         self.tcp().as_raw_fd()
     }
 
+    /// Whether an idle connection has nothing to say: no data, no EOF, no error. TLS records
+    /// that carry no data (a TLS 1.3 session ticket arriving after the handshake) are taken in
+    /// without blocking; anything that would reach a reader — data, a close — is not quiet.
+    pub fn is_quiet(&mut self) -> bool {
+        for _ in 0..4 {
+            if self.pending() > 0 {
+                return false;
+            }
+            if is_quiet(self.raw_fd()) {
+                return true;
+            }
+            let Io::Tls(s) = self else { return false };
+            if s.sock.set_nonblocking(true).is_err() {
+                return false;
+            }
+            let read = s.conn.read_tls(&mut s.sock);
+            let _ = s.sock.set_nonblocking(false);
+            match read {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return false,
+            }
+            match s.conn.process_new_packets() {
+                Ok(state) if !state.peer_has_closed() => {}
+                _ => return false,
+            }
+        }
+        false
+    }
+
     /// Decrypted bytes rustls holds that a read would return without touching the socket.
     pub fn pending(&mut self) -> usize {
         match self {
@@ -548,8 +579,8 @@ impl Upstream {
     fn usable(&self, conn: &mut Conn, creds: &Creds) -> bool {
         conn.ca_generation == creds.ca_generation()
             && conn.idle_since.elapsed() < self.config.idle_timeout
-            && Self::reusable(conn)
-            && is_quiet(conn.io.get_ref().raw_fd())
+            && conn.io.buffer().is_empty()
+            && conn.io.get_mut().is_quiet()
     }
 
     /// A connection for one request: the one this client connection kept (`held`), else a live
