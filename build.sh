@@ -4,6 +4,7 @@
 #   ./build.sh test         fmt check, clippy, and every test (including the real kube-apiserver ones)
 #   ./build.sh kube-env DIR start the real control plane on loopback (foreground, until killed)
 #   ./build.sh image        the scratch image (both architectures) as an OCI archive in dist/
+#   ./build.sh chart        the Helm chart (manifests/chart/eks-connector) packaged as dist/eks-connector-<version>.tgz
 #   ./build.sh bench        benchmarks (proxy and agent launcher), release builds
 #   ./build.sh fuzz [SECS]  every cargo-fuzz target for SECS seconds each (default 60; nightly)
 #   ./build.sh demo         the whole flow on this machine: control plane, SSM stand-in, all three parts
@@ -82,6 +83,9 @@ run_tests() {
     local t0=$SECONDS
     tests/kube-env/build-bins.sh >/dev/null
     say "control plane binaries ready in $((SECONDS - t0))s"
+    t0=$SECONDS
+    tests/helm/build-helm.sh >/dev/null
+    say "helm ready in $((SECONDS - t0))s"
     say "cargo test"
     local log
     log="$(mktemp)"
@@ -105,6 +109,12 @@ case "${1:-release}" in
         [[ $# -ge 2 ]] || die "usage: ./build.sh kube-env DIR"
         need_commands go:golang-go openssl:openssl curl:curl setpriv:util-linux flock:util-linux
         exec tests/kube-env/start.sh "$2"
+        ;;
+    chart)
+        # helm from PATH, else the pinned one the tests build (tests/helm/build-helm.sh, cached).
+        helm_bin="$(command -v helm || tests/helm/build-helm.sh)" || die "no helm: install Helm 3 or Go (to build it)"
+        mkdir -p dist
+        "$helm_bin" package manifests/chart/eks-connector --destination dist
         ;;
     image) [[ -x scripts/image.sh ]] || die "scripts/image.sh is missing"; exec scripts/image.sh "${@:2}" ;;
     demo) [[ -x scripts/demo.sh ]] || die "scripts/demo.sh is missing"; exec scripts/demo.sh "${@:2}" ;;

@@ -1,0 +1,1001 @@
+//! The Helm chart (manifests/chart/eks-connector) with real Helm (v3.22, built by
+//! tests/helm/build-helm.sh) and the real kube-apiserver: it lints strictly, the README's install
+//! line passes a strict server-side dry run, each bug of AWS's chart 0.0.11 is checked on both
+//! charts (the check fails on the original and passes on ours), wrong values get one error naming
+//! the value, a release of the original upgrades to ours with `--reuse-values` and rolls back, and
+//! the chart renders the same pod and RBAC as the Kustomize base (one source of truth).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::{json, Value};
+
+const CODE: &str = "Tq6bW4ZmK2rX9sLp8Y3vActivationCode";
+const ID: &str = "2f1a6c2e-5d7b-4c3b-9a55-3f6b1d9e0a7c";
+const REGION: &str = "us-west-2";
+const CONSOLE_USER: &str = "arn:aws:iam::111122223333:role/EKSConsoleViewer";
+
+/// The original connector's source at the pinned commit (its chart 0.0.11 is inside).
+const ORIGINAL_ARCHIVE: &str = "amazon-eks-connector-0cfd7c9.tar.gz";
+const ORIGINAL_SHA256: &str = "ed13b2d845cfa188e4cd0f3a064cb04476a1787bd66a0b579062eceab62cb6d9";
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn repo() -> PathBuf {
+    common::repo_root()
+}
+
+fn chart() -> PathBuf {
+    repo().join("manifests/chart/eks-connector")
+}
+
+/// A scratch directory of this test process, under the control plane's (swept when we are gone).
+fn scratch(name: &str) -> PathBuf {
+    let d = common::cluster().dir.join("helm").join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The helm binary: built once per machine from the Go module proxy, then cached.
+fn helm_bin() -> &'static Path {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let r = BIN.get_or_init(|| {
+        let script = repo().join("tests/helm/build-helm.sh");
+        let out = Command::new(&script)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed (Go and the Go module proxy are needed for the first build):\n{}",
+                script.display(),
+                text(&out.stderr)
+            ));
+        }
+        Ok(PathBuf::from(text(&out.stdout).trim()))
+    });
+    match r {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `helm ARGS` in the repository, with its own config/cache/data directories and the test
+/// cluster's admin kubeconfig.
+fn helm(args: &[&str]) -> Output {
+    let cluster = common::cluster();
+    let home = scratch("home");
+    Command::new(helm_bin())
+        .args(args)
+        .current_dir(repo())
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run helm")
+}
+
+fn helm_ok(args: &[&str]) -> String {
+    let out = helm(args);
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed:\n{}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn kubectl(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut c = common::cluster().kubectl();
+    c.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or_default())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn kubectl_ok(args: &[&str], stdin: Option<&[u8]>) -> String {
+    let out = kubectl(args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Rendered YAML as JSON objects (kubectl's client-side conversion).
+fn to_json(yaml: &str) -> Vec<Value> {
+    let out = kubectl_ok(
+        &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+        Some(yaml.as_bytes()),
+    );
+    let mut objs = Vec::new();
+    for v in serde_json::Deserializer::from_str(&out).into_iter::<Value>() {
+        let v = v.unwrap();
+        match v["kind"].as_str() {
+            Some("List") => objs.extend(v["items"].as_array().unwrap().iter().cloned()),
+            _ => objs.push(v),
+        }
+    }
+    objs
+}
+
+/// The original chart 0.0.11, extracted once from the pinned archive: $EKS_CONNECTOR_SRC, else
+/// ../shared/peers/ beside the repository (or beside its main worktree), sha256-checked.
+fn original_chart() -> &'static Path {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let r = DIR.get_or_init(|| {
+        let archive = original_archive()?;
+        let dir = scratch("original");
+        let out = Command::new("tar")
+            .arg("-xzf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&dir)
+            .args(["--strip-components=1", "amazon-eks-connector/charts"])
+            .output()
+            .map_err(|e| format!("cannot run tar: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "tar -xzf {} failed: {}",
+                archive.display(),
+                text(&out.stderr)
+            ));
+        }
+        Ok(dir.join("charts/eks-connector"))
+    });
+    match r {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn original_archive() -> Result<PathBuf, String> {
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("EKS_CONNECTOR_SRC") {
+        candidates.push(PathBuf::from(p));
+    } else {
+        candidates.push(repo().join("../shared/peers").join(ORIGINAL_ARCHIVE));
+        // In a linked worktree, beside the main worktree.
+        if let Ok(out) = Command::new("git")
+            .args(["rev-parse", "--path-format=absolute", "--git-common-dir"])
+            .current_dir(repo())
+            .output()
+        {
+            let common = PathBuf::from(text(&out.stdout).trim());
+            if let Some(main) = common.parent() {
+                candidates.push(main.join("../shared/peers").join(ORIGINAL_ARCHIVE));
+            }
+        }
+    }
+    let mut tried = Vec::new();
+    for c in candidates {
+        if !c.is_file() {
+            tried.push(format!("{} (absent)", c.display()));
+            continue;
+        }
+        let out = Command::new("sha256sum")
+            .arg(&c)
+            .output()
+            .map_err(|e| format!("cannot run sha256sum: {e}"))?;
+        let sum = text(&out.stdout);
+        if sum.split_whitespace().next() == Some(ORIGINAL_SHA256) {
+            return Ok(c);
+        }
+        tried.push(format!("{} (sha256 is not {ORIGINAL_SHA256})", c.display()));
+    }
+    Err(format!(
+        "no archive of github.com/aws/amazon-eks-connector at commit 0cfd7c9a891c5e7ef33d15fba15a5338cca445df \
+         (its chart 0.0.11 is what these tests compare against). Tried: {}. Download \
+         https://github.com/aws/amazon-eks-connector/archive/0cfd7c9a891c5e7ef33d15fba15a5338cca445df.tar.gz \
+         and set EKS_CONNECTOR_SRC to its path.",
+        tried.join("; ")
+    ))
+}
+
+/// `helm template eks-connector CHART --namespace NS ARGS…`: the objects, or Helm's error.
+fn template(chart: &Path, ns: &str, args: &[&str]) -> Result<Vec<Value>, String> {
+    let mut all = vec![
+        "template",
+        "eks-connector",
+        chart.to_str().unwrap(),
+        "--namespace",
+        ns,
+    ];
+    all.extend_from_slice(args);
+    let out = helm(&all);
+    if !out.status.success() {
+        return Err(text(&out.stderr));
+    }
+    Ok(to_json(&text(&out.stdout)))
+}
+
+/// The activation, as the documentation's install line sets it.
+fn activation() -> Vec<String> {
+    vec![
+        "--set".into(),
+        format!("eks.activationCode={CODE}"),
+        "--set".into(),
+        format!("eks.activationId={ID}"),
+        "--set".into(),
+        format!("eks.agentRegion={REGION}"),
+    ]
+}
+
+fn with_activation(extra: &[&str]) -> Vec<String> {
+    let mut v = activation();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn render(chart: &Path, ns: &str, args: &[String]) -> Result<Vec<Value>, String> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    template(chart, ns, &args)
+}
+
+fn render_ok(chart: &Path, ns: &str, args: &[String]) -> Vec<Value> {
+    render(chart, ns, args).unwrap_or_else(|e| panic!("helm template failed:\n{e}"))
+}
+
+fn of_kind<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objs.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn one<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
+    let all = of_kind(objs, kind);
+    assert_eq!(all.len(), 1, "exactly one {kind} expected, got {all:#?}");
+    all[0]
+}
+
+fn named<'a>(objs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+}
+
+fn containers(sts: &Value) -> Vec<&Value> {
+    let spec = &sts["spec"]["template"]["spec"];
+    spec["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(spec["containers"].as_array().into_iter().flatten())
+        .collect()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
+/// A strict server-side dry run of every object (unknown or duplicate fields are errors).
+fn server_dry_run(objs: &[Value]) {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objs});
+    let out = kubectl(
+        &["apply", "--dry-run=server", "--validate=strict", "-f", "-"],
+        Some(list.to_string().as_bytes()),
+    );
+    assert!(
+        out.status.success(),
+        "the API server refused the rendered chart:\n{}",
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        stdout.lines().count(),
+        objs.len(),
+        "one line per object expected:\n{stdout}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The original chart's bugs: each check passes on ours and fails on the original.
+
+/// Runs `check` on both charts: it must pass on ours and fail on the original 0.0.11 (so the
+/// check does test the bug). The original's failure is printed, for the record.
+fn fixed_bug(what: &str, check: impl Fn(&Path) -> Result<(), String>) {
+    if let Err(e) = check(&chart()) {
+        panic!("our chart: {what}: {e}");
+    }
+    match check(original_chart()) {
+        Ok(()) => panic!("the check for '{what}' passes on the original chart 0.0.11 too: it does not test the bug"),
+        Err(e) => eprintln!("original chart 0.0.11, as expected: {what}: {e}"),
+    }
+}
+
+#[test]
+fn bug1_replicas_render_and_match_the_role() {
+    let ns = common::cluster().namespace("helm-bug1");
+    fixed_bug("replicas render and the Role covers each replica's Secret", |c| {
+        let objs = render(c, &ns.name, &activation())?;
+        let sts = one(&objs, "StatefulSet");
+        let replicas = sts["spec"]["replicas"]
+            .as_u64()
+            .ok_or_else(|| format!("spec.replicas is {}", sts["spec"]["replicas"]))?;
+        let role = one(&objs, "Role");
+        let names = strings(&role["rules"][0]["resourceNames"]);
+        if replicas != 2 || names != ["eks-connector-state-0", "eks-connector-state-1"] {
+            return Err(format!("replicas {replicas}, Role names {names:?}"));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn bug2_a_missing_activation_code_is_refused() {
+    let ns = common::cluster().namespace("helm-bug2");
+    fixed_bug("a missing eks.activationCode is refused", |c| {
+        let args = vec![
+            "--set".into(),
+            format!("eks.activationId={ID}"),
+            "--set".into(),
+            format!("eks.agentRegion={REGION}"),
+        ];
+        match render(c, &ns.name, &args) {
+            Ok(objs) => {
+                let secrets: Vec<String> = of_kind(&objs, "Secret")
+                    .iter()
+                    .map(|s| s["data"].to_string())
+                    .collect();
+                Err(format!("rendered anyway; Secret data {secrets:?}"))
+            }
+            Err(e) if e.contains("eks.activationCode") => Ok(()),
+            Err(e) => Err(format!("refused without naming eks.activationCode: {e}")),
+        }
+    });
+}
+
+#[test]
+fn bug3_no_impersonation_rule_without_names_and_notes_say_so() {
+    let ns = common::cluster().namespace("helm-bug3");
+    fixed_bug("an empty allowedUserARNs grants no impersonation", |c| {
+        let objs = render(c, &ns.name, &activation())?;
+        for o in objs
+            .iter()
+            .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
+        {
+            for r in o["rules"].as_array().into_iter().flatten() {
+                let verbs = strings(&r["verbs"]);
+                if verbs.iter().any(|v| v == "impersonate" || v == "*")
+                    && strings(&r["resourceNames"]).is_empty()
+                {
+                    return Err(format!(
+                        "{} {} may impersonate anyone: {r}",
+                        o["kind"], o["metadata"]["name"]
+                    ));
+                }
+            }
+        }
+        Ok(())
+    });
+    // With names: exactly those.
+    let objs = render_ok(
+        &chart(),
+        &ns.name,
+        &with_activation(&[
+            "--set",
+            &format!("authentication.allowedUserARNs={{{CONSOLE_USER}}}"),
+        ]),
+    );
+    let role = named(&objs, "ClusterRole", "eks-connector-impersonate").expect("impersonate role");
+    assert_eq!(strings(&role["rules"][0]["resourceNames"]), [CONSOLE_USER]);
+    // And the NOTES tell the installer nobody can use the console yet.
+    let mut args = vec!["install", "eks-connector", "manifests/chart/eks-connector"];
+    args.extend(["--dry-run=client", "--namespace", &ns.name]);
+    let act = activation();
+    args.extend(act.iter().map(String::as_str));
+    let notes = helm_ok(&args);
+    assert!(
+        notes.contains("Nobody can use the EKS console on this cluster yet"),
+        "NOTES:\n{notes}"
+    );
+}
+
+/// Every ServiceAccount subject of a binding names a ServiceAccount the chart renders, in its
+/// namespace.
+fn subjects_are_the_service_account(objs: &[Value]) -> Result<(), String> {
+    let sas: Vec<(String, String)> = of_kind(objs, "ServiceAccount")
+        .iter()
+        .map(|s| {
+            (
+                s["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
+                s["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let mut seen = 0;
+    for b in objs
+        .iter()
+        .filter(|o| o["kind"] == "RoleBinding" || o["kind"] == "ClusterRoleBinding")
+    {
+        for s in b["subjects"].as_array().into_iter().flatten() {
+            if s["kind"] != "ServiceAccount" {
+                continue;
+            }
+            seen += 1;
+            let key = (
+                s["namespace"].as_str().unwrap_or("").to_string(),
+                s["name"].as_str().unwrap_or("").to_string(),
+            );
+            if !sas.contains(&key) {
+                return Err(format!(
+                    "{} {} binds ServiceAccount {}/{}, but the ServiceAccount is {sas:?}",
+                    b["kind"], b["metadata"]["name"], key.0, key.1
+                ));
+            }
+        }
+    }
+    if seen < 2 {
+        return Err(format!("only {seen} ServiceAccount subjects"));
+    }
+    Ok(())
+}
+
+#[test]
+fn bug4_cluster_bindings_follow_the_release_namespace() {
+    let ns = common::cluster().namespace("helm-bug4");
+    fixed_bug("bindings name the ServiceAccount in the release namespace", |c| {
+        subjects_are_the_service_account(&render(c, &ns.name, &activation())?)
+    });
+}
+
+#[test]
+fn bug5_secret_namespace_override_keeps_the_subject_where_the_service_account_is() {
+    let ns = common::cluster().namespace("helm-bug5");
+    let state = common::cluster().namespace("helm-bug5-state");
+    fixed_bug("secretOverrides.namespace keeps the RoleBinding's subject right", |c| {
+        let objs = render(
+            c,
+            &ns.name,
+            &with_activation(&["--set", &format!("secretOverrides.namespace={}", state.name)]),
+        )?;
+        let rb = one(&objs, "RoleBinding");
+        if rb["metadata"]["namespace"] != state.name.as_str() {
+            return Err(format!("RoleBinding in {}", rb["metadata"]["namespace"]));
+        }
+        subjects_are_the_service_account(&objs)
+    });
+    // Ours, for real: the Role and binding land in the state namespace, and the dry run passes.
+    let objs = render_ok(
+        &chart(),
+        &ns.name,
+        &with_activation(&["--set", &format!("secretOverrides.namespace={}", state.name)]),
+    );
+    assert_eq!(one(&objs, "Role")["metadata"]["namespace"], state.name.as_str());
+    let sts = one(&objs, "StatefulSet");
+    for c in containers(sts) {
+        if c["name"] == "connector-init" || c["name"] == "connector-agent" {
+            assert!(
+                strings(&c["args"]).contains(&format!("--state.secretNamespace={}", state.name)),
+                "{c}"
+            );
+        }
+    }
+    server_dry_run(&objs);
+}
+
+#[test]
+fn bug6_the_activation_code_is_in_no_container_spec() {
+    let ns = common::cluster().namespace("helm-bug6");
+    fixed_bug("the activation code is in no pod spec", |c| {
+        let objs = render(c, &ns.name, &activation())?;
+        let sts = one(&objs, "StatefulSet");
+        let pod = sts["spec"]["template"].to_string();
+        if pod.contains(CODE) {
+            let hits: Vec<String> = containers(sts)
+                .iter()
+                .filter(|c| c.to_string().contains(CODE))
+                .map(|c| format!("{}: args {}", c["name"], c["args"]))
+                .collect();
+            return Err(format!("the code is in the pod spec: {hits:?}"));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn no_long_lived_token_secret() {
+    let ns = common::cluster().namespace("helm-token");
+    fixed_bug("no legacy service-account token Secret", |c| {
+        let objs = render(c, &ns.name, &activation())?;
+        let legacy: Vec<&Value> = of_kind(&objs, "Secret")
+            .into_iter()
+            .filter(|s| s["type"] == "kubernetes.io/service-account-token")
+            .collect();
+        if !legacy.is_empty() {
+            return Err(format!(
+                "long-lived token Secret {}",
+                legacy[0]["metadata"]["name"]
+            ));
+        }
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn lint_strict_and_the_package_renders_as_the_directory() {
+    let ns = common::cluster().namespace("helm-lint");
+    let mut args = vec!["lint", "--strict", "manifests/chart/eks-connector"];
+    let act = activation();
+    args.extend(act.iter().map(String::as_str));
+    let out = helm_ok(&args);
+    assert!(out.contains("1 chart(s) linted, 0 chart(s) failed"), "{out}");
+
+    // What `./build.sh chart` ships renders exactly as the directory.
+    let dist = scratch("package");
+    let out = helm_ok(&[
+        "package",
+        "manifests/chart/eks-connector",
+        "--destination",
+        dist.to_str().unwrap(),
+    ]);
+    let tgz = dist.join("eks-connector-0.1.0.tgz");
+    assert!(tgz.is_file(), "helm package wrote no {}: {out}", tgz.display());
+    assert_eq!(
+        render_ok(&tgz, &ns.name, &activation()),
+        render_ok(&chart(), &ns.name, &activation())
+    );
+}
+
+/// The README's install line, as a user would paste it (placeholders filled in).
+fn readme_install_args(ns: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme
+        .find("helm install eks-connector ")
+        .expect("the README shows a `helm install eks-connector …` line");
+    let mut line = String::new();
+    for l in readme[start..].lines() {
+        let l = l.trim();
+        match l.strip_suffix('\\') {
+            Some(head) => {
+                line.push_str(head);
+                line.push(' ');
+            }
+            None => {
+                line.push_str(l);
+                break;
+            }
+        }
+    }
+    let filled = line
+        .replace("CODE", CODE)
+        .replace("ID", ID)
+        .replace("REGION", REGION)
+        .replace("REGISTRY", "registry.example.com")
+        .replace("ACCOUNT", "111122223333")
+        .replace("NAME", "EKSConsoleViewer");
+    // A shell-like split: single quotes group.
+    let mut args = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for ch in filled.chars() {
+        match ch {
+            '\'' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !cur.is_empty() {
+                    args.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        args.push(cur);
+    }
+    assert_eq!(&args[..3], ["helm", "install", "eks-connector"], "{line}");
+    // Into the test's namespace.
+    if let Some(i) = args.iter().position(|a| a == "--namespace") {
+        args[i + 1] = ns.to_string();
+    }
+    args
+}
+
+#[test]
+fn the_documented_install_line_passes_a_strict_server_side_dry_run() {
+    let ns = common::cluster().namespace("helm-install");
+    let args = readme_install_args(&ns.name);
+    let mut t: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+    t[0] = "template";
+    t.retain(|a| *a != "--create-namespace");
+    let out = helm_ok(&t);
+    let objs = to_json(&out);
+    let kinds: Vec<&str> = objs.iter().filter_map(|o| o["kind"].as_str()).collect();
+    for k in ["StatefulSet", "ServiceAccount", "Secret", "ConfigMap", "Role"] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let sts = one(&objs, "StatefulSet");
+    assert_eq!(sts["metadata"]["namespace"], ns.name.as_str());
+    for c in containers(sts) {
+        if c["name"] != "connector-agent" {
+            assert_eq!(c["image"], "registry.example.com/eks-connector:0.1.0");
+        }
+    }
+    server_dry_run(&objs);
+}
+
+#[test]
+fn replica_count_three_renders_three_replicas_and_three_state_secrets() {
+    let ns = common::cluster().namespace("helm-three");
+    let objs = render_ok(&chart(), &ns.name, &with_activation(&["--set", "replicaCount=3"]));
+    assert_eq!(one(&objs, "StatefulSet")["spec"]["replicas"], 3);
+    let role = one(&objs, "Role");
+    assert_eq!(
+        strings(&role["rules"][0]["resourceNames"]),
+        [
+            "eks-connector-state-0",
+            "eks-connector-state-1",
+            "eks-connector-state-2"
+        ]
+    );
+    assert_eq!(strings(&role["rules"][0]["verbs"]), ["get", "update"]);
+    server_dry_run(&objs);
+}
+
+#[test]
+fn wrong_values_get_one_error_naming_the_value() {
+    let ns = common::cluster().namespace("helm-wrong");
+    let code = format!("eks.activationCode={CODE}");
+    let id = format!("eks.activationId={ID}");
+    let region = format!("eks.agentRegion={REGION}");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![&id, &region], "eks.activationCode"),
+        (vec![&code, &region], "eks.activationId"),
+        (vec![&code, &id], "eks.agentRegion"),
+        (vec![&code, "eks.activationId=not-a-uuid", &region], "eks.activationId"),
+        (vec![&code, &id, "eks.agentRegion=Oregon"], "eks.agentRegion"),
+        (
+            vec![&code, &id, &region, "authentication.allowedUserARNs={alice}"],
+            "authentication.allowedUserARNs",
+        ),
+        (
+            vec![&code, &id, &region, "authentication.allowedUserARNs={arn:aws:iam::1:user/a}"],
+            "authentication.allowedUserARNs",
+        ),
+        (vec![&code, &id, &region, "replicaCount=0"], "replicaCount"),
+        (vec![&code, &id, &region, "replicaCount=-1"], "replicaCount"),
+        (vec![&code, &id, &region, "replicaCount=two"], "replicaCount"),
+        (vec![&code, &id, &region, "ssmAgent.keyAutoRotateDays=0"], "ssmAgent.keyAutoRotateDays"),
+    ];
+    for (sets, value) in cases {
+        let mut args = Vec::new();
+        for s in &sets {
+            args.extend(["--set", s]);
+        }
+        match template(&chart(), &ns.name, &args) {
+            Ok(_) => panic!("{sets:?} rendered; it should be refused naming {value}"),
+            Err(e) => {
+                let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("Error:")).collect();
+                assert_eq!(errors.len(), 1, "{sets:?}: one error line expected:\n{e}");
+                assert!(
+                    errors[0].contains(value),
+                    "{sets:?}: the error does not name {value}: {}",
+                    errors[0]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn an_existing_secret_replaces_the_activation_values() {
+    let ns = common::cluster().namespace("helm-existing");
+    let objs = render_ok(
+        &chart(),
+        &ns.name,
+        &[
+            "--set".into(),
+            "eks.existingSecret=my-activation".into(),
+        ],
+    );
+    assert!(of_kind(&objs, "Secret").is_empty(), "no Secret of ours expected");
+    let sts = one(&objs, "StatefulSet");
+    let init = containers(sts)
+        .into_iter()
+        .find(|c| c["name"] == "connector-init")
+        .unwrap();
+    assert_eq!(init["envFrom"][0]["secretRef"]["name"], "my-activation");
+    server_dry_run(&objs);
+}
+
+/// What `--reuse-values` from the original renders with: the original's values.yaml as the
+/// chart's defaults, the user's settings on top. Ours must fill in its own defaults then.
+#[test]
+fn with_the_original_values_file_our_defaults_still_apply() {
+    let ns = common::cluster().namespace("helm-defaults");
+    let copy = scratch("chart-with-original-values").join("eks-connector");
+    let _ = std::fs::remove_dir_all(&copy);
+    let out = Command::new("cp")
+        .arg("-r")
+        .arg(chart())
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::copy(original_chart().join("values.yaml"), copy.join("values.yaml")).unwrap();
+    let ours = ["--set", "images.eksConnector.repository=localhost/eks-connector"];
+    assert_eq!(
+        render_ok(&copy, &ns.name, &with_activation(&ours)),
+        render_ok(&chart(), &ns.name, &with_activation(&ours)),
+        "rendered with the original's values.yaml, the chart must give what its own defaults give \
+         (templates/_defaults.tpl and values.yaml disagree)"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// One source of truth: the chart and the Kustomize base render the same objects.
+
+/// Strips kustomize's content-hash suffix from generated ConfigMap and Secret names.
+fn unhash(name: &str) -> String {
+    match name.rsplit_once('-') {
+        Some((head, tail))
+            if tail.len() == 10 && tail.chars().all(|c| c.is_ascii_alphanumeric()) =>
+        {
+            head.to_string()
+        }
+        _ => name.to_string(),
+    }
+}
+
+/// The StatefulSet's spec without pod metadata (labels, annotations differ by design), with
+/// generated names un-hashed.
+fn comparable_sts(sts: &Value) -> Value {
+    let mut spec = sts["spec"].clone();
+    spec["template"]
+        .as_object_mut()
+        .unwrap()
+        .remove("metadata");
+    let pod = &mut spec["template"]["spec"];
+    for v in pod["volumes"].as_array_mut().unwrap() {
+        if let Some(n) = v["configMap"]["name"].as_str() {
+            v["configMap"]["name"] = json!(unhash(n));
+        }
+    }
+    for list in ["initContainers", "containers"] {
+        for c in pod[list].as_array_mut().unwrap() {
+            for e in c["envFrom"].as_array_mut().into_iter().flatten() {
+                if let Some(n) = e["secretRef"]["name"].as_str() {
+                    e["secretRef"]["name"] = json!(unhash(n));
+                }
+            }
+        }
+    }
+    spec
+}
+
+/// kind/name → the parts of an object that must agree.
+fn comparable(objs: &[Value]) -> BTreeMap<String, Value> {
+    let mut m = BTreeMap::new();
+    for o in objs {
+        let kind = o["kind"].as_str().unwrap_or("");
+        let name = unhash(o["metadata"]["name"].as_str().unwrap_or(""));
+        let body = match kind {
+            "StatefulSet" => comparable_sts(o),
+            "ConfigMap" => {
+                let d = &o["data"];
+                let cfg: Value =
+                    serde_json::from_str(d["amazon-ssm-agent.json"].as_str().unwrap_or("null"))
+                        .unwrap_or(Value::Null);
+                json!({"amazon-ssm-agent.json": cfg, "seelog.xml": d["seelog.xml"].as_str().map(str::trim_end)})
+            }
+            "Secret" => json!({"type": o["type"], "data": o["data"]}),
+            "ServiceAccount" => json!({"automount": o["automountServiceAccountToken"]}),
+            "Role" | "ClusterRole" => o["rules"].clone(),
+            "RoleBinding" | "ClusterRoleBinding" => {
+                json!({"subjects": o["subjects"], "roleRef": o["roleRef"]})
+            }
+            _ => o.get("spec").cloned().unwrap_or(Value::Null),
+        };
+        let ns = o["metadata"]["namespace"].as_str().unwrap_or("");
+        m.insert(format!("{kind} {ns}/{name}"), body);
+    }
+    m
+}
+
+/// Values of `manifests/activation.env`, the Kustomize example's activation.
+fn kustomize_activation() -> BTreeMap<String, String> {
+    std::fs::read_to_string(repo().join("manifests/activation.env"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn chart_and_kustomize_render_the_same_pod_and_rbac() {
+    let base_dir = repo().join("manifests");
+    let base = to_json(&kubectl_ok(&["kustomize", base_dir.to_str().unwrap()], None));
+    let act = kustomize_activation();
+    let ns = one(&base, "StatefulSet")["metadata"]["namespace"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let image = one(&base, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(
+            one(&base, "StatefulSet")["spec"]["template"]["spec"]["initContainers"]
+                .as_array()
+                .unwrap(),
+        )
+        .filter_map(|c| c["image"].as_str())
+        .find(|i| !i.contains("amazon-ssm-agent"))
+        .unwrap()
+        .to_string();
+    let (repository, tag) = image.rsplit_once(':').unwrap();
+    let args = vec![
+        "--set".to_string(),
+        format!("eks.activationCode={}", act["EKS_ACTIVATION_CODE"]),
+        "--set".into(),
+        format!("eks.activationId={}", act["EKS_ACTIVATION_ID"]),
+        "--set".into(),
+        format!("eks.agentRegion={}", act["AWS_REGION"]),
+        "--set".into(),
+        format!("images.eksConnector.repository={repository}"),
+        "--set".into(),
+        format!("images.eksConnector.tag={tag}"),
+    ];
+    let ours = render_ok(&chart(), &ns, &args);
+    let (b, o) = (comparable(&base), comparable(&ours));
+
+    // What the base has that the chart leaves to Helm or never needs.
+    let base_only = |k: &str| {
+        k.starts_with("Namespace ") // `helm install --create-namespace`
+            // The chart never renders an impersonation rule without names (its own check).
+            || k.starts_with("ValidatingAdmissionPolicy")
+    };
+    let mut diffs = Vec::new();
+    for (k, v) in &b {
+        if base_only(k) {
+            continue;
+        }
+        match o.get(k) {
+            None => diffs.push(format!("the chart renders no {k}")),
+            Some(ov) if ov != v => diffs.push(format!(
+                "{k} differs:\n  kustomize: {v}\n  chart:     {ov}"
+            )),
+            Some(_) => {}
+        }
+    }
+    for k in o.keys() {
+        if !b.contains_key(k) {
+            diffs.push(format!("only the chart renders {k}"));
+        }
+    }
+    assert!(diffs.is_empty(), "chart and Kustomize base drifted:\n{}", diffs.join("\n"));
+
+    // The console user's impersonation grant, as manifests/console-user.
+    let cu_dir = repo().join("manifests/console-user");
+    let cu = comparable(&to_json(&kubectl_ok(
+        &["kustomize", cu_dir.to_str().unwrap()],
+        None,
+    )));
+    let mut args = args.clone();
+    args.extend([
+        "--set".into(),
+        format!("authentication.allowedUserARNs={{{CONSOLE_USER}}}"),
+    ]);
+    let o = comparable(&render_ok(&chart(), &ns, &args));
+    for k in [
+        "ClusterRole /eks-connector-impersonate",
+        "ClusterRoleBinding /eks-connector-impersonate",
+    ] {
+        assert_eq!(o.get(k), cu.get(k), "{k}: chart vs manifests/console-user");
+        assert!(o.contains_key(k), "{k} rendered");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn get(path: &str) -> Option<Value> {
+    common::cluster().admin_request("GET", path, None).ok()
+}
+
+#[test]
+fn a_release_of_the_original_upgrades_to_ours_with_reuse_values_and_rolls_back() {
+    let cluster = common::cluster();
+    let ns = cluster.namespace("helm-upgrade");
+    let n = ns.name.as_str();
+    let original = original_chart().to_str().unwrap().to_string();
+    let mut install = vec!["install", "eks-connector", &original, "--namespace", n];
+    let act = activation();
+    install.extend(act.iter().map(String::as_str));
+    let arn_set = format!("authentication.allowedUserARNs={{{CONSOLE_USER}}}");
+    install.extend(["--set", &arn_set]);
+    helm_ok(&install);
+    let sts_path = format!("/apis/apps/v1/namespaces/{n}/statefulsets/eks-connector");
+    let sts = get(&sts_path).expect("the original's StatefulSet");
+    assert_eq!(sts["spec"]["template"]["spec"]["containers"][1]["args"][0], "server");
+
+    // A state Secret, as the original's init writes it.
+    let state = ns.create(
+        "/api/v1",
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "eks-connector-state-0", "labels": {"name": "eks-connector-state-0"}},
+               "data": {"instanceId": "bWktMDEyMzQ1Njc4OWFiY2RlZjA="}}),
+    );
+    let state_path = format!("/api/v1/namespaces/{n}/secrets/eks-connector-state-0");
+
+    let out = helm_ok(&[
+        "upgrade",
+        "eks-connector",
+        "manifests/chart/eks-connector",
+        "--namespace",
+        n,
+        "--reuse-values",
+        "--set",
+        "images.eksConnector.repository=localhost/eks-connector",
+    ]);
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    let after = get(&state_path).expect("the state Secret after the upgrade");
+    assert_eq!(after["metadata"]["resourceVersion"], state["metadata"]["resourceVersion"]);
+    assert_eq!(after["data"], state["data"]);
+
+    // The objects are ours.
+    let sts = get(&sts_path).expect("StatefulSet after the upgrade");
+    let names: Vec<String> = containers(&sts)
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["connector-install-launcher", "connector-init", "connector-agent", "connector-proxy"]
+    );
+    assert_eq!(sts["spec"]["replicas"], 2);
+    assert_eq!(sts["metadata"]["labels"]["helm.sh/chart"], "eks-connector-0.1.0");
+    assert!(!sts["spec"]["template"].to_string().contains(CODE));
+    assert!(
+        get(&format!("/api/v1/namespaces/{n}/secrets/eks-connector-token")).is_none(),
+        "the original's long-lived token Secret is gone"
+    );
+    let crb = get("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/eks-connector-cluster-meta-access")
+        .expect("meta-access binding");
+    assert_eq!(crb["subjects"][0]["namespace"], n);
+    let imp = get("/apis/rbac.authorization.k8s.io/v1/clusterroles/eks-connector-impersonate")
+        .expect("impersonate ClusterRole");
+    assert_eq!(strings(&imp["rules"][0]["resourceNames"]), [CONSOLE_USER]);
+    assert!(get("/apis/rbac.authorization.k8s.io/v1/clusterroles/eks-connector-service").is_none());
+    // Our defaults, though --reuse-values rendered with the original's values.yaml.
+    let tolerations = sts["spec"]["template"]["spec"]["tolerations"].to_string();
+    assert!(tolerations.contains("node-role.kubernetes.io/control-plane"), "{tolerations}");
+
+    // Back to the original.
+    helm_ok(&["rollback", "eks-connector", "1", "--namespace", n]);
+    let sts = get(&sts_path).expect("StatefulSet after the rollback");
+    let names: Vec<String> = containers(&sts)
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["connector-init", "connector-agent", "connector-proxy"]);
+    assert!(get(&format!("/api/v1/namespaces/{n}/secrets/eks-connector-token")).is_some());
+    let after = get(&state_path).expect("the state Secret after the rollback");
+    assert_eq!(after["metadata"]["resourceVersion"], state["metadata"]["resourceVersion"]);
+    let history = helm_ok(&["history", "eks-connector", "--namespace", n]);
+    assert_eq!(history.lines().count(), 4, "{history}");
+
+    helm_ok(&["uninstall", "eks-connector", "--namespace", n]);
+    assert!(get(&state_path).is_some(), "uninstall keeps the state Secret");
+}
