@@ -20,10 +20,6 @@ const ID: &str = "2f1a6c2e-5d7b-4c3b-9a55-3f6b1d9e0a7c";
 const REGION: &str = "us-west-2";
 const CONSOLE_USER: &str = "arn:aws:iam::111122223333:role/EKSConsoleViewer";
 
-/// The original connector's source at the pinned commit (its chart 0.0.11 is inside).
-const ORIGINAL_ARCHIVE: &str = "amazon-eks-connector-0cfd7c9.tar.gz";
-const ORIGINAL_SHA256: &str = "ed13b2d845cfa188e4cd0f3a064cb04476a1787bd66a0b579062eceab62cb6d9";
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -137,77 +133,34 @@ fn to_json(yaml: &str) -> Vec<Value> {
     objs
 }
 
-/// The original chart 0.0.11, extracted once from the pinned archive: $EKS_CONNECTOR_SRC, else
-/// ../shared/peers/ beside the repository (or beside its main worktree), sha256-checked.
+/// The original chart 0.0.11, from the original connector's pinned source that
+/// tests/peers/fetch-build.sh brings ($EKS_CONNECTOR_SRC, ../shared/peers/ or GitHub, checked).
 fn original_chart() -> &'static Path {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let r = DIR.get_or_init(|| {
-        let archive = original_archive()?;
-        let dir = scratch("original");
-        let out = Command::new("tar")
-            .arg("-xzf")
-            .arg(&archive)
-            .arg("-C")
-            .arg(&dir)
-            .args(["--strip-components=1", "amazon-eks-connector/charts"])
+        let script = repo().join("tests/peers/fetch-build.sh");
+        let out = Command::new(&script)
+            .arg("eks-connector")
+            .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("cannot run tar: {e}"))?;
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
         if !out.status.success() {
             return Err(format!(
-                "tar -xzf {} failed: {}",
-                archive.display(),
+                "{} eks-connector failed; the original chart 0.0.11 is what these tests compare against:\n{}",
+                script.display(),
                 text(&out.stderr)
             ));
         }
-        Ok(dir.join("charts/eks-connector"))
+        let dir = PathBuf::from(text(&out.stdout).trim()).join("src/charts/eks-connector");
+        if !dir.join("Chart.yaml").is_file() {
+            return Err(format!("{} has no Chart.yaml", dir.display()));
+        }
+        Ok(dir)
     });
     match r {
         Ok(p) => p,
         Err(e) => panic!("{e}"),
     }
-}
-
-fn original_archive() -> Result<PathBuf, String> {
-    let mut candidates = Vec::new();
-    if let Some(p) = std::env::var_os("EKS_CONNECTOR_SRC") {
-        candidates.push(PathBuf::from(p));
-    } else {
-        candidates.push(repo().join("../shared/peers").join(ORIGINAL_ARCHIVE));
-        // In a linked worktree, beside the main worktree.
-        if let Ok(out) = Command::new("git")
-            .args(["rev-parse", "--path-format=absolute", "--git-common-dir"])
-            .current_dir(repo())
-            .output()
-        {
-            let common = PathBuf::from(text(&out.stdout).trim());
-            if let Some(main) = common.parent() {
-                candidates.push(main.join("../shared/peers").join(ORIGINAL_ARCHIVE));
-            }
-        }
-    }
-    let mut tried = Vec::new();
-    for c in candidates {
-        if !c.is_file() {
-            tried.push(format!("{} (absent)", c.display()));
-            continue;
-        }
-        let out = Command::new("sha256sum")
-            .arg(&c)
-            .output()
-            .map_err(|e| format!("cannot run sha256sum: {e}"))?;
-        let sum = text(&out.stdout);
-        if sum.split_whitespace().next() == Some(ORIGINAL_SHA256) {
-            return Ok(c);
-        }
-        tried.push(format!("{} (sha256 is not {ORIGINAL_SHA256})", c.display()));
-    }
-    Err(format!(
-        "no archive of github.com/aws/amazon-eks-connector at commit 0cfd7c9a891c5e7ef33d15fba15a5338cca445df \
-         (its chart 0.0.11 is what these tests compare against). Tried: {}. Download \
-         https://github.com/aws/amazon-eks-connector/archive/0cfd7c9a891c5e7ef33d15fba15a5338cca445df.tar.gz \
-         and set EKS_CONNECTOR_SRC to its path.",
-        tried.join("; ")
-    ))
 }
 
 /// `helm template eks-connector CHART --namespace NS ARGS…`: the objects, or Helm's error.
@@ -325,19 +278,22 @@ fn fixed_bug(what: &str, check: impl Fn(&Path) -> Result<(), String>) {
 #[test]
 fn bug1_replicas_render_and_match_the_role() {
     let ns = common::cluster().namespace("helm-bug1");
-    fixed_bug("replicas render and the Role covers each replica's Secret", |c| {
-        let objs = render(c, &ns.name, &activation())?;
-        let sts = one(&objs, "StatefulSet");
-        let replicas = sts["spec"]["replicas"]
-            .as_u64()
-            .ok_or_else(|| format!("spec.replicas is {}", sts["spec"]["replicas"]))?;
-        let role = one(&objs, "Role");
-        let names = strings(&role["rules"][0]["resourceNames"]);
-        if replicas != 2 || names != ["eks-connector-state-0", "eks-connector-state-1"] {
-            return Err(format!("replicas {replicas}, Role names {names:?}"));
-        }
-        Ok(())
-    });
+    fixed_bug(
+        "replicas render and the Role covers each replica's Secret",
+        |c| {
+            let objs = render(c, &ns.name, &activation())?;
+            let sts = one(&objs, "StatefulSet");
+            let replicas = sts["spec"]["replicas"]
+                .as_u64()
+                .ok_or_else(|| format!("spec.replicas is {}", sts["spec"]["replicas"]))?;
+            let role = one(&objs, "Role");
+            let names = strings(&role["rules"][0]["resourceNames"]);
+            if replicas != 2 || names != ["eks-connector-state-0", "eks-connector-state-1"] {
+                return Err(format!("replicas {replicas}, Role names {names:?}"));
+            }
+            Ok(())
+        },
+    );
 }
 
 #[test]
@@ -417,7 +373,10 @@ fn subjects_are_the_service_account(objs: &[Value]) -> Result<(), String> {
         .iter()
         .map(|s| {
             (
-                s["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
+                s["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
                 s["metadata"]["name"].as_str().unwrap_or("").to_string(),
             )
         })
@@ -453,34 +412,55 @@ fn subjects_are_the_service_account(objs: &[Value]) -> Result<(), String> {
 #[test]
 fn bug4_cluster_bindings_follow_the_release_namespace() {
     let ns = common::cluster().namespace("helm-bug4");
-    fixed_bug("bindings name the ServiceAccount in the release namespace", |c| {
-        subjects_are_the_service_account(&render(c, &ns.name, &activation())?)
-    });
+    fixed_bug(
+        "bindings name the ServiceAccount in the release namespace",
+        |c| subjects_are_the_service_account(&render(c, &ns.name, &activation())?),
+    );
 }
 
 #[test]
 fn bug5_secret_namespace_override_keeps_the_subject_where_the_service_account_is() {
     let ns = common::cluster().namespace("helm-bug5");
     let state = common::cluster().namespace("helm-bug5-state");
-    fixed_bug("secretOverrides.namespace keeps the RoleBinding's subject right", |c| {
-        let objs = render(
-            c,
-            &ns.name,
-            &with_activation(&["--set", &format!("secretOverrides.namespace={}", state.name)]),
-        )?;
-        let rb = one(&objs, "RoleBinding");
-        if rb["metadata"]["namespace"] != state.name.as_str() {
-            return Err(format!("RoleBinding in {}", rb["metadata"]["namespace"]));
-        }
-        subjects_are_the_service_account(&objs)
-    });
+    fixed_bug(
+        "secretOverrides.namespace keeps the RoleBinding's subject right",
+        |c| {
+            let objs = render(
+                c,
+                &ns.name,
+                &with_activation(&[
+                    "--set",
+                    &format!("secretOverrides.namespace={}", state.name),
+                ]),
+            )?;
+            let rb = one(&objs, "RoleBinding");
+            if rb["metadata"]["namespace"] != state.name.as_str() {
+                return Err(format!("RoleBinding in {}", rb["metadata"]["namespace"]));
+            }
+            // The ServiceAccount stays in the release namespace: the subject must say so.
+            let subject = &rb["subjects"][0];
+            if subject["namespace"] != ns.name.as_str() {
+                return Err(format!(
+                    "the RoleBinding's subject is ServiceAccount {}/{}, but the ServiceAccount is in {}",
+                    subject["namespace"], subject["name"], ns.name
+                ));
+            }
+            Ok(())
+        },
+    );
     // Ours, for real: the Role and binding land in the state namespace, and the dry run passes.
     let objs = render_ok(
         &chart(),
         &ns.name,
-        &with_activation(&["--set", &format!("secretOverrides.namespace={}", state.name)]),
+        &with_activation(&[
+            "--set",
+            &format!("secretOverrides.namespace={}", state.name),
+        ]),
     );
-    assert_eq!(one(&objs, "Role")["metadata"]["namespace"], state.name.as_str());
+    assert_eq!(
+        one(&objs, "Role")["metadata"]["namespace"],
+        state.name.as_str()
+    );
     let sts = one(&objs, "StatefulSet");
     for c in containers(sts) {
         if c["name"] == "connector-init" || c["name"] == "connector-agent" {
@@ -540,7 +520,10 @@ fn lint_strict_and_the_package_renders_as_the_directory() {
     let act = activation();
     args.extend(act.iter().map(String::as_str));
     let out = helm_ok(&args);
-    assert!(out.contains("1 chart(s) linted, 0 chart(s) failed"), "{out}");
+    assert!(
+        out.contains("1 chart(s) linted, 0 chart(s) failed"),
+        "{out}"
+    );
 
     // What `./build.sh chart` ships renders exactly as the directory.
     let dist = scratch("package");
@@ -551,7 +534,11 @@ fn lint_strict_and_the_package_renders_as_the_directory() {
         dist.to_str().unwrap(),
     ]);
     let tgz = dist.join("eks-connector-0.1.0.tgz");
-    assert!(tgz.is_file(), "helm package wrote no {}: {out}", tgz.display());
+    assert!(
+        tgz.is_file(),
+        "helm package wrote no {}: {out}",
+        tgz.display()
+    );
     assert_eq!(
         render_ok(&tgz, &ns.name, &activation()),
         render_ok(&chart(), &ns.name, &activation())
@@ -621,7 +608,13 @@ fn the_documented_install_line_passes_a_strict_server_side_dry_run() {
     let out = helm_ok(&t);
     let objs = to_json(&out);
     let kinds: Vec<&str> = objs.iter().filter_map(|o| o["kind"].as_str()).collect();
-    for k in ["StatefulSet", "ServiceAccount", "Secret", "ConfigMap", "Role"] {
+    for k in [
+        "StatefulSet",
+        "ServiceAccount",
+        "Secret",
+        "ConfigMap",
+        "Role",
+    ] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
     let sts = one(&objs, "StatefulSet");
@@ -637,7 +630,11 @@ fn the_documented_install_line_passes_a_strict_server_side_dry_run() {
 #[test]
 fn replica_count_three_renders_three_replicas_and_three_state_secrets() {
     let ns = common::cluster().namespace("helm-three");
-    let objs = render_ok(&chart(), &ns.name, &with_activation(&["--set", "replicaCount=3"]));
+    let objs = render_ok(
+        &chart(),
+        &ns.name,
+        &with_activation(&["--set", "replicaCount=3"]),
+    );
     assert_eq!(one(&objs, "StatefulSet")["spec"]["replicas"], 3);
     let role = one(&objs, "Role");
     assert_eq!(
@@ -662,20 +659,42 @@ fn wrong_values_get_one_error_naming_the_value() {
         (vec![&id, &region], "eks.activationCode"),
         (vec![&code, &region], "eks.activationId"),
         (vec![&code, &id], "eks.agentRegion"),
-        (vec![&code, "eks.activationId=not-a-uuid", &region], "eks.activationId"),
-        (vec![&code, &id, "eks.agentRegion=Oregon"], "eks.agentRegion"),
         (
-            vec![&code, &id, &region, "authentication.allowedUserARNs={alice}"],
+            vec![&code, "eks.activationId=not-a-uuid", &region],
+            "eks.activationId",
+        ),
+        (
+            vec![&code, &id, "eks.agentRegion=Oregon"],
+            "eks.agentRegion",
+        ),
+        (
+            vec![
+                &code,
+                &id,
+                &region,
+                "authentication.allowedUserARNs={alice}",
+            ],
             "authentication.allowedUserARNs",
         ),
         (
-            vec![&code, &id, &region, "authentication.allowedUserARNs={arn:aws:iam::1:user/a}"],
+            vec![
+                &code,
+                &id,
+                &region,
+                "authentication.allowedUserARNs={arn:aws:iam::1:user/a}",
+            ],
             "authentication.allowedUserARNs",
         ),
         (vec![&code, &id, &region, "replicaCount=0"], "replicaCount"),
         (vec![&code, &id, &region, "replicaCount=-1"], "replicaCount"),
-        (vec![&code, &id, &region, "replicaCount=two"], "replicaCount"),
-        (vec![&code, &id, &region, "ssmAgent.keyAutoRotateDays=0"], "ssmAgent.keyAutoRotateDays"),
+        (
+            vec![&code, &id, &region, "replicaCount=two"],
+            "replicaCount",
+        ),
+        (
+            vec![&code, &id, &region, "ssmAgent.keyAutoRotateDays=0"],
+            "ssmAgent.keyAutoRotateDays",
+        ),
     ];
     for (sets, value) in cases {
         let mut args = Vec::new();
@@ -703,12 +722,12 @@ fn an_existing_secret_replaces_the_activation_values() {
     let objs = render_ok(
         &chart(),
         &ns.name,
-        &[
-            "--set".into(),
-            "eks.existingSecret=my-activation".into(),
-        ],
+        &["--set".into(), "eks.existingSecret=my-activation".into()],
     );
-    assert!(of_kind(&objs, "Secret").is_empty(), "no Secret of ours expected");
+    assert!(
+        of_kind(&objs, "Secret").is_empty(),
+        "no Secret of ours expected"
+    );
     let sts = one(&objs, "StatefulSet");
     let init = containers(sts)
         .into_iter()
@@ -732,8 +751,15 @@ fn with_the_original_values_file_our_defaults_still_apply() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    std::fs::copy(original_chart().join("values.yaml"), copy.join("values.yaml")).unwrap();
-    let ours = ["--set", "images.eksConnector.repository=localhost/eks-connector"];
+    std::fs::copy(
+        original_chart().join("values.yaml"),
+        copy.join("values.yaml"),
+    )
+    .unwrap();
+    let ours = [
+        "--set",
+        "images.eksConnector.repository=localhost/eks-connector",
+    ];
     assert_eq!(
         render_ok(&copy, &ns.name, &with_activation(&ours)),
         render_ok(&chart(), &ns.name, &with_activation(&ours)),
@@ -745,11 +771,12 @@ fn with_the_original_values_file_our_defaults_still_apply() {
 // ---------------------------------------------------------------------------------------------
 // One source of truth: the chart and the Kustomize base render the same objects.
 
-/// Strips kustomize's content-hash suffix from generated ConfigMap and Secret names.
+/// Strips kustomize's content-hash suffix from generated ConfigMap and Secret names (ten
+/// characters of its vowel-free alphabet, so "-activation" stays).
 fn unhash(name: &str) -> String {
     match name.rsplit_once('-') {
         Some((head, tail))
-            if tail.len() == 10 && tail.chars().all(|c| c.is_ascii_alphanumeric()) =>
+            if tail.len() == 10 && tail.chars().all(|c| "2456789bcdfghkmt".contains(c)) =>
         {
             head.to_string()
         }
@@ -757,14 +784,35 @@ fn unhash(name: &str) -> String {
     }
 }
 
+/// Where two JSON values differ, as paths (list items named by their `name` when they have one).
+fn json_diff(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let (va, vb) = (
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                );
+                json_diff(va, vb, &format!("{path}.{k}"), out);
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
+                let label = va["name"].as_str().map_or(i.to_string(), str::to_string);
+                json_diff(va, vb, &format!("{path}[{label}]"), out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: kustomize {a} / chart {b}")),
+        _ => {}
+    }
+}
+
 /// The StatefulSet's spec without pod metadata (labels, annotations differ by design), with
 /// generated names un-hashed.
 fn comparable_sts(sts: &Value) -> Value {
     let mut spec = sts["spec"].clone();
-    spec["template"]
-        .as_object_mut()
-        .unwrap()
-        .remove("metadata");
+    spec["template"].as_object_mut().unwrap().remove("metadata");
     let pod = &mut spec["template"]["spec"];
     for v in pod["volumes"].as_array_mut().unwrap() {
         if let Some(n) = v["configMap"]["name"].as_str() {
@@ -825,7 +873,10 @@ fn kustomize_activation() -> BTreeMap<String, String> {
 #[test]
 fn chart_and_kustomize_render_the_same_pod_and_rbac() {
     let base_dir = repo().join("manifests");
-    let base = to_json(&kubectl_ok(&["kustomize", base_dir.to_str().unwrap()], None));
+    let base = to_json(&kubectl_ok(
+        &["kustomize", base_dir.to_str().unwrap()],
+        None,
+    ));
     let act = kustomize_activation();
     let ns = one(&base, "StatefulSet")["metadata"]["namespace"]
         .as_str()
@@ -873,9 +924,11 @@ fn chart_and_kustomize_render_the_same_pod_and_rbac() {
         }
         match o.get(k) {
             None => diffs.push(format!("the chart renders no {k}")),
-            Some(ov) if ov != v => diffs.push(format!(
-                "{k} differs:\n  kustomize: {v}\n  chart:     {ov}"
-            )),
+            Some(ov) if ov != v => {
+                let mut paths = Vec::new();
+                json_diff(v, ov, "", &mut paths);
+                diffs.push(format!("{k} differs:\n  {}", paths.join("\n  ")));
+            }
             Some(_) => {}
         }
     }
@@ -884,7 +937,11 @@ fn chart_and_kustomize_render_the_same_pod_and_rbac() {
             diffs.push(format!("only the chart renders {k}"));
         }
     }
-    assert!(diffs.is_empty(), "chart and Kustomize base drifted:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "chart and Kustomize base drifted:\n{}",
+        diffs.join("\n")
+    );
 
     // The console user's impersonation grant, as manifests/console-user.
     let cu_dir = repo().join("manifests/console-user");
@@ -927,7 +984,10 @@ fn a_release_of_the_original_upgrades_to_ours_with_reuse_values_and_rolls_back()
     helm_ok(&install);
     let sts_path = format!("/apis/apps/v1/namespaces/{n}/statefulsets/eks-connector");
     let sts = get(&sts_path).expect("the original's StatefulSet");
-    assert_eq!(sts["spec"]["template"]["spec"]["containers"][1]["args"][0], "server");
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][1]["args"][0],
+        "server"
+    );
 
     // A state Secret, as the original's init writes it.
     let state = ns.create(
@@ -951,7 +1011,10 @@ fn a_release_of_the_original_upgrades_to_ours_with_reuse_values_and_rolls_back()
     ]);
     assert!(out.contains("STATUS: deployed"), "{out}");
     let after = get(&state_path).expect("the state Secret after the upgrade");
-    assert_eq!(after["metadata"]["resourceVersion"], state["metadata"]["resourceVersion"]);
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        state["metadata"]["resourceVersion"]
+    );
     assert_eq!(after["data"], state["data"]);
 
     // The objects are ours.
@@ -962,17 +1025,30 @@ fn a_release_of_the_original_upgrades_to_ours_with_reuse_values_and_rolls_back()
         .collect();
     assert_eq!(
         names,
-        ["connector-install-launcher", "connector-init", "connector-agent", "connector-proxy"]
+        [
+            "connector-install-launcher",
+            "connector-init",
+            "connector-agent",
+            "connector-proxy"
+        ]
     );
     assert_eq!(sts["spec"]["replicas"], 2);
-    assert_eq!(sts["metadata"]["labels"]["helm.sh/chart"], "eks-connector-0.1.0");
+    assert_eq!(
+        sts["metadata"]["labels"]["helm.sh/chart"],
+        "eks-connector-0.1.0"
+    );
     assert!(!sts["spec"]["template"].to_string().contains(CODE));
     assert!(
-        get(&format!("/api/v1/namespaces/{n}/secrets/eks-connector-token")).is_none(),
+        get(&format!(
+            "/api/v1/namespaces/{n}/secrets/eks-connector-token"
+        ))
+        .is_none(),
         "the original's long-lived token Secret is gone"
     );
-    let crb = get("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/eks-connector-cluster-meta-access")
-        .expect("meta-access binding");
+    let crb = get(
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/eks-connector-cluster-meta-access",
+    )
+    .expect("meta-access binding");
     assert_eq!(crb["subjects"][0]["namespace"], n);
     let imp = get("/apis/rbac.authorization.k8s.io/v1/clusterroles/eks-connector-impersonate")
         .expect("impersonate ClusterRole");
@@ -980,7 +1056,10 @@ fn a_release_of_the_original_upgrades_to_ours_with_reuse_values_and_rolls_back()
     assert!(get("/apis/rbac.authorization.k8s.io/v1/clusterroles/eks-connector-service").is_none());
     // Our defaults, though --reuse-values rendered with the original's values.yaml.
     let tolerations = sts["spec"]["template"]["spec"]["tolerations"].to_string();
-    assert!(tolerations.contains("node-role.kubernetes.io/control-plane"), "{tolerations}");
+    assert!(
+        tolerations.contains("node-role.kubernetes.io/control-plane"),
+        "{tolerations}"
+    );
 
     // Back to the original.
     helm_ok(&["rollback", "eks-connector", "1", "--namespace", n]);
@@ -989,13 +1068,25 @@ fn a_release_of_the_original_upgrades_to_ours_with_reuse_values_and_rolls_back()
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(names, ["connector-init", "connector-agent", "connector-proxy"]);
-    assert!(get(&format!("/api/v1/namespaces/{n}/secrets/eks-connector-token")).is_some());
+    assert_eq!(
+        names,
+        ["connector-init", "connector-agent", "connector-proxy"]
+    );
+    assert!(get(&format!(
+        "/api/v1/namespaces/{n}/secrets/eks-connector-token"
+    ))
+    .is_some());
     let after = get(&state_path).expect("the state Secret after the rollback");
-    assert_eq!(after["metadata"]["resourceVersion"], state["metadata"]["resourceVersion"]);
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        state["metadata"]["resourceVersion"]
+    );
     let history = helm_ok(&["history", "eks-connector", "--namespace", n]);
     assert_eq!(history.lines().count(), 4, "{history}");
 
     helm_ok(&["uninstall", "eks-connector", "--namespace", n]);
-    assert!(get(&state_path).is_some(), "uninstall keeps the state Secret");
+    assert!(
+        get(&state_path).is_some(),
+        "uninstall keeps the state Secret"
+    );
 }
