@@ -6,6 +6,8 @@
 //! the chart renders the same pod and RBAC as the Kustomize base (one source of truth).
 
 mod common;
+#[path = "support/peers.rs"]
+mod peers;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -133,34 +135,18 @@ fn to_json(yaml: &str) -> Vec<Value> {
     objs
 }
 
-/// The original chart 0.0.11, from the original connector's pinned source that
-/// tests/peers/fetch-build.sh brings ($EKS_CONNECTOR_SRC, ../shared/peers/ or GitHub, checked).
+/// The original chart 0.0.11, from the original connector's pinned source (tests/peers/).
 fn original_chart() -> &'static Path {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let r = DIR.get_or_init(|| {
-        let script = repo().join("tests/peers/fetch-build.sh");
-        let out = Command::new(&script)
-            .arg("eks-connector")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} eks-connector failed; the original chart 0.0.11 is what these tests compare against:\n{}",
-                script.display(),
-                text(&out.stderr)
-            ));
-        }
-        let dir = PathBuf::from(text(&out.stdout).trim()).join("src/charts/eks-connector");
-        if !dir.join("Chart.yaml").is_file() {
-            return Err(format!("{} has no Chart.yaml", dir.display()));
-        }
-        Ok(dir)
-    });
-    match r {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = peers::original_chart();
+        assert!(
+            dir.join("Chart.yaml").is_file(),
+            "{} has no Chart.yaml",
+            dir.display()
+        );
+        dir
+    })
 }
 
 /// `helm template eks-connector CHART --namespace NS ARGS…`: the objects, or Helm's error.
