@@ -1,5 +1,15 @@
-//! A strict local stand-in for AWS SSM's RegisterManagedInstance, over real TLS (rustls) with a
-//! test CA and server certificate made by the `openssl` CLI, plus a tiny HTTP CONNECT proxy.
+//! A strict local stand-in for AWS SSM, over real TLS (rustls) with a test CA and server
+//! certificate made by the `openssl` CLI, plus a tiny HTTP CONNECT proxy.
+//!
+//! RegisterManagedInstance (our init's call) is described below. The SSM agent's own calls,
+//! `RequestManagedInstanceRoleToken` and `UpdateManagedInstancePublicKey`, are checked as AWS
+//! checks them: a SigV4-shaped `Authorization` whose signature is RSA-PSS (SHA-256, MGF1-SHA-256,
+//! salt 32) over the SigV4 string to sign, verified with the public key SSM holds for the
+//! instance named in the credential (the registered one, then each rotated one — never an older
+//! one), `X-Amz-Date` within 15 minutes, the body's hash, and the fingerprint the instance
+//! registered with; bodies may be chunked, as the agent sends them. A refused call is answered
+//! as AWS would and recorded as a violation. The MGS control channel
+//! (`/v1/control-channel/<id>`) is answered 500: the worker keeps retrying, harmlessly.
 //!
 //! Strict the way AWS is: exact `X-Amz-Target` and `Content-Type`, no signing headers, exactly
 //! the five body fields with their minimum lengths, a UUID v4 fingerprint, and a `PublicKey` that
@@ -8,17 +18,18 @@
 //! activation pair must be the expected one, or the answer is `InvalidActivation`, as AWS does.
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use rsa::pkcs8::DecodePublicKey;
+use rsa::sha2::{Digest, Sha256};
 use rsa::traits::PublicKeyParts;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -144,6 +155,16 @@ pub struct Recorded {
     /// What the stub answered: the instance id on success.
     pub instance_id: Option<String>,
     pub request_id: String,
+    /// The `X-Amz-Target` action without its prefix, or `control-channel`.
+    pub action: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// Whether the body came with `Transfer-Encoding: chunked`.
+    pub chunked: bool,
+    /// For a signed call that verified: the instance and which of its keys (0 = registered).
+    pub signed_by: Option<(String, usize)>,
+    /// When the request was read.
+    pub at: Instant,
 }
 
 impl Recorded {
@@ -161,6 +182,21 @@ struct State {
     violations: Vec<String>,
     activation_id: String,
     activation_code: String,
+    /// What SSM holds per managed instance.
+    instances: HashMap<String, Instance>,
+    /// Make the next successful token answer say `UpdateKeyPair: true`.
+    rotate_next: bool,
+    /// Lifetime of the credentials a token answer gives (the agent refreshes at half of it).
+    token_lifetime: Duration,
+}
+
+/// What SSM holds for one managed instance.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// Every public key (SPKI DER) in order: the registered one, then each rotated one. Only the
+    /// last one is accepted.
+    pub keys: Vec<Vec<u8>>,
+    pub fingerprint: String,
 }
 
 pub struct Stub {
@@ -206,6 +242,9 @@ impl Stub {
             violations: Vec::new(),
             activation_id: activation_id.into(),
             activation_code: activation_code.into(),
+            instances: HashMap::new(),
+            rotate_next: false,
+            token_lifetime: Duration::from_secs(3600),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let config = server_config();
@@ -249,7 +288,7 @@ impl Stub {
 
     /// Requests answered with an instance id.
     pub fn registrations(&self) -> Vec<Recorded> {
-        self.requests()
+        self.calls("RegisterManagedInstance")
             .into_iter()
             .filter(|r| r.instance_id.is_some())
             .collect()
@@ -257,6 +296,66 @@ impl Stub {
 
     pub fn violations(&self) -> Vec<String> {
         self.state.lock().unwrap().violations.clone()
+    }
+
+    /// Makes SSM know an instance registered elsewhere (a Vault made by the test).
+    pub fn add_instance(&self, instance_id: &str, public_key_der: &[u8], fingerprint: &str) {
+        self.state.lock().unwrap().instances.insert(
+            instance_id.into(),
+            Instance {
+                keys: vec![public_key_der.to_vec()],
+                fingerprint: fingerprint.into(),
+            },
+        );
+    }
+
+    /// What SSM holds for an instance.
+    pub fn instance(&self, instance_id: &str) -> Option<Instance> {
+        self.state
+            .lock()
+            .unwrap()
+            .instances
+            .get(instance_id)
+            .cloned()
+    }
+
+    /// The next successful token answer says `UpdateKeyPair: true`: the agent rotates its key.
+    pub fn rotate_on_next_token(&self) {
+        self.state.lock().unwrap().rotate_next = true;
+    }
+
+    /// Whether a forced rotation is still waiting for a token request.
+    pub fn rotation_pending(&self) -> bool {
+        self.state.lock().unwrap().rotate_next
+    }
+
+    /// Lifetime of the credentials given from now on (the agent asks again at half of it).
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.state.lock().unwrap().token_lifetime = lifetime;
+    }
+
+    /// Requests for one action (`RequestManagedInstanceRoleToken`, `control-channel`, …).
+    pub fn calls(&self, action: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.action == action)
+            .collect()
+    }
+
+    /// Token requests that verified and were answered 200.
+    pub fn tokens_granted(&self) -> Vec<Recorded> {
+        self.calls("RequestManagedInstanceRoleToken")
+            .into_iter()
+            .filter(|r| r.status == 200)
+            .collect()
+    }
+
+    /// Key rotations SSM accepted.
+    pub fn key_updates(&self) -> Vec<Recorded> {
+        self.calls("UpdateManagedInstancePublicKey")
+            .into_iter()
+            .filter(|r| r.status == 200)
+            .collect()
     }
 
     /// Panics if any request broke the protocol.
@@ -270,10 +369,60 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Method, path, headers and body of one request.
-type Request = (String, String, Vec<(String, String)>, Vec<u8>);
+/// Method, path, headers, body and whether the body was chunked.
+type Request = (String, String, Vec<(String, String)>, Vec<u8>, bool);
 
-/// Reads one request (head and Content-Length body); `None` on EOF or garbage.
+/// Reads until `buf` holds at least `n` bytes.
+fn fill<S: Read>(s: &mut S, buf: &mut Vec<u8>, n: usize) -> Option<()> {
+    let mut chunk = [0u8; 4096];
+    while buf.len() < n {
+        let got = s.read(&mut chunk).ok()?;
+        if got == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..got]);
+    }
+    Some(())
+}
+
+/// Reads a `Transfer-Encoding: chunked` body from `buf` (and the stream); `None` on bad framing.
+fn read_chunked<S: Read>(s: &mut S, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(i) = find(buf, b"\r\n") {
+                break i;
+            }
+            let have = buf.len();
+            if have > 1024 {
+                return None;
+            }
+            fill(s, buf, have + 1)?;
+        };
+        let line = String::from_utf8(buf[..line_end].to_vec()).ok()?;
+        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+        buf.drain(..line_end + 2);
+        if size == 0 {
+            // No trailers from the agent: the final CRLF.
+            fill(s, buf, 2)?;
+            if &buf[..2] != b"\r\n" {
+                return None;
+            }
+            buf.drain(..2);
+            return Some(body);
+        }
+        if body.len() + size > 1 << 20 {
+            return None;
+        }
+        fill(s, buf, size + 2)?;
+        body.extend(buf.drain(..size));
+        if buf.drain(..2).as_slice() != b"\r\n" {
+            return None;
+        }
+    }
+}
+
+/// Reads one request (head and Content-Length or chunked body); `None` on EOF or garbage.
 fn read_request<S: Read>(s: &mut S, buf: &mut Vec<u8>) -> Option<Request> {
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -307,6 +456,12 @@ fn read_request<S: Read>(s: &mut S, buf: &mut Vec<u8>) -> Option<Request> {
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0);
     buf.drain(..head_end + 4);
+    if headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    }) {
+        let body = read_chunked(s, buf)?;
+        return Some((method, path, headers, body, true));
+    }
     while buf.len() < len {
         let n = s.read(&mut chunk).ok()?;
         if n == 0 {
@@ -315,7 +470,7 @@ fn read_request<S: Read>(s: &mut S, buf: &mut Vec<u8>) -> Option<Request> {
         buf.extend_from_slice(&chunk[..n]);
     }
     let body: Vec<u8> = buf.drain(..len).collect();
-    Some((method, path, headers, body))
+    Some((method, path, headers, body, false))
 }
 
 /// The protocol checks; returns the valid public key or the violations.
@@ -444,6 +599,311 @@ fn respond<S: Write>(s: &mut S, status: u16, request_id: &str, body: &str) -> st
     s.flush()
 }
 
+fn new_instance_id() -> String {
+    let hex = eks_connector::random::uuid_v4().unwrap().replace('-', "");
+    format!("mi-{}", &hex[..17])
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Seconds since the epoch of an `X-Amz-Date` (`YYYYMMDDTHHMMSSZ`).
+fn amz_date_epoch(d: &str) -> Option<i64> {
+    let b = d.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| d.get(r)?.parse::<i64>().ok();
+    let (y, m, day) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (hh, mm, ss) = (num(9..11)?, num(11..13)?, num(13..15)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days * 86400 + hh * 3600 + mm * 60 + ss)
+}
+
+fn now_epoch() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Why SSM refused a signed call: status, error code, message.
+type Refusal = (u16, &'static str, String);
+
+/// Checks a call signed by the agent as SSM does; returns the instance and which of its keys
+/// signed it.
+fn verify_signed(
+    st: &State,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<(String, usize), Refusal> {
+    let bad = |code: &'static str, m: String| Err((400, code, m));
+    if method != "POST" || path != "/" {
+        return bad(
+            "ValidationException",
+            format!("{method} {path}, want POST /"),
+        );
+    }
+    if header(headers, "Content-Type") != Some("application/x-amz-json-1.1") {
+        return bad(
+            "ValidationException",
+            format!("Content-Type {:?}", header(headers, "Content-Type")),
+        );
+    }
+    let Some(date) = header(headers, "X-Amz-Date") else {
+        return bad("IncompleteSignatureException", "no X-Amz-Date".into());
+    };
+    let Some(t) = amz_date_epoch(date) else {
+        return bad(
+            "IncompleteSignatureException",
+            format!("X-Amz-Date {date:?}"),
+        );
+    };
+    if (now_epoch() - t).abs() > 15 * 60 {
+        return bad(
+            "InvalidSignatureException",
+            format!("Signature expired: {date} is more than 15 min from the server's time"),
+        );
+    }
+    let Some(auth) = header(headers, "Authorization") else {
+        return bad(
+            "MissingAuthenticationTokenException",
+            "no Authorization".into(),
+        );
+    };
+    let Some(rest) = auth.strip_prefix("AWS4-HMAC-SHA256 ") else {
+        return bad(
+            "IncompleteSignatureException",
+            format!("Authorization {auth:?}"),
+        );
+    };
+    let mut parts = HashMap::new();
+    for p in rest.split(',') {
+        if let Some((k, v)) = p.trim().split_once('=') {
+            parts.insert(k, v);
+        }
+    }
+    let (Some(cred), Some(signed), Some(sig)) = (
+        parts.get("Credential"),
+        parts.get("SignedHeaders"),
+        parts.get("Signature"),
+    ) else {
+        return bad(
+            "IncompleteSignatureException",
+            format!("Authorization {auth:?}"),
+        );
+    };
+    let c: Vec<&str> = cred.split('/').collect();
+    if c.len() != 5
+        || c[1] != &date[..8]
+        || c[2].is_empty()
+        || c[3] != "ssm"
+        || c[4] != "aws4_request"
+    {
+        return bad(
+            "IncompleteSignatureException",
+            format!("Credential {cred:?} for date {date}"),
+        );
+    }
+    let names: Vec<&str> = signed.split(';').collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    if sorted != names
+        || ["host", "x-amz-date", "x-amz-target"]
+            .iter()
+            .any(|n| !names.contains(n))
+        || names
+            .iter()
+            .any(|n| n.chars().any(|c| c.is_ascii_uppercase()))
+    {
+        return bad(
+            "IncompleteSignatureException",
+            format!("SignedHeaders {signed:?}"),
+        );
+    }
+    let instance_id = c[0];
+    let Some(instance) = st.instances.get(instance_id) else {
+        return bad(
+            "InvalidInstanceId",
+            format!("{instance_id} is not a registered managed instance"),
+        );
+    };
+    let body_hash = hex(&Sha256::digest(body));
+    if let Some(h) = header(headers, "X-Amz-Content-Sha256") {
+        if h != body_hash {
+            return bad(
+                "InvalidSignatureException",
+                "X-Amz-Content-Sha256 is not the body's".into(),
+            );
+        }
+    }
+    let mut canonical = format!("{method}\n{path}\n\n");
+    for name in &names {
+        let values: Vec<String> = headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        if values.is_empty() {
+            return bad(
+                "IncompleteSignatureException",
+                format!("signed header {name} is absent"),
+            );
+        }
+        canonical += &format!("{name}:{}\n", values.join(","));
+    }
+    canonical += &format!("\n{signed}\n{body_hash}");
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{date}\n{}/{}/ssm/aws4_request\n{}",
+        c[1],
+        c[2],
+        hex(&Sha256::digest(canonical.as_bytes()))
+    );
+    let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig) else {
+        return bad(
+            "InvalidSignatureException",
+            "Signature is not base64".into(),
+        );
+    };
+    let digest = Sha256::digest(to_sign.as_bytes());
+    let verifies = |der: &[u8]| {
+        rsa::RsaPublicKey::from_public_key_der(der).is_ok_and(|k| {
+            k.verify(rsa::Pss::new_with_salt::<Sha256>(32), &digest, &sig)
+                .is_ok()
+        })
+    };
+    let current = instance.keys.len() - 1;
+    if verifies(&instance.keys[current]) {
+        return Ok((instance_id.to_string(), current));
+    }
+    match instance.keys[..current].iter().position(|k| verifies(k)) {
+        Some(i) => bad(
+            "InvalidSignatureException",
+            format!(
+                "{instance_id}: signed with its key #{i}, replaced since; SSM holds key #{current}"
+            ),
+        ),
+        None => bad(
+            "InvalidSignatureException",
+            format!("{instance_id}: the signature does not verify with the key SSM holds"),
+        ),
+    }
+}
+
+/// The body fields of a signed call, exactly.
+fn body_fields(json: &Value, want: &[&str]) -> Result<(), Refusal> {
+    let mut keys: Vec<&str> = json
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    keys.sort();
+    if keys != want {
+        return Err((
+            400,
+            "ValidationException",
+            format!("body fields {keys:?}, want {want:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `RequestManagedInstanceRoleToken` or `UpdateManagedInstancePublicKey`: verified, then answered.
+fn signed_call(
+    state: &Mutex<State>,
+    action: &str,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> (Result<Value, Refusal>, Option<(String, usize)>) {
+    let mut st = state.lock().unwrap();
+    let (id, key) = match verify_signed(&st, method, path, headers, body) {
+        Ok(v) => v,
+        Err(e) => return (Err(e), None),
+    };
+    let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let signer = Some((id.clone(), key));
+    let result = if action == "RequestManagedInstanceRoleToken" {
+        body_fields(&json, &["Fingerprint"]).and_then(|()| {
+            let instance = &st.instances[&id];
+            if json["Fingerprint"] != instance.fingerprint.as_str() {
+                return Err((
+                    400,
+                    "MachineFingerprintDoesNotMatch",
+                    format!(
+                        "{id}: fingerprint {} is not the registered one",
+                        json["Fingerprint"]
+                    ),
+                ));
+            }
+            let update = std::mem::take(&mut st.rotate_next);
+            let expires = SystemTime::now() + st.token_lifetime;
+            let secs = expires
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            let token = eks_connector::random::uuid_v4().unwrap();
+            Ok(serde_json::json!({
+                "AccessKeyId": format!("ASIA{}", &token.replace('-', "")[..16].to_uppercase()),
+                "SecretAccessKey": format!("stand-in-secret-{token}"),
+                "SessionToken": format!("stand-in-session-{token}"),
+                "TokenExpirationDate": secs,
+                "UpdateKeyPair": update,
+            }))
+        })
+    } else {
+        body_fields(&json, &["NewPublicKey", "NewPublicKeyType"]).and_then(|()| {
+            if json["NewPublicKeyType"] != "Rsa" {
+                return Err((
+                    400,
+                    "ValidationException",
+                    "NewPublicKeyType is not Rsa".into(),
+                ));
+            }
+            let der = json["NewPublicKey"]
+                .as_str()
+                .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+                .filter(|d| {
+                    rsa::RsaPublicKey::from_public_key_der(d).is_ok_and(|k| k.size() == 256)
+                })
+                .ok_or((
+                    400,
+                    "ValidationException",
+                    "NewPublicKey is not an RSA-2048 SubjectPublicKeyInfo in base64".to_string(),
+                ))?;
+            st.instances.get_mut(&id).unwrap().keys.push(der);
+            Ok(serde_json::json!({}))
+        })
+    };
+    (result, signer)
+}
+
+fn error_body(code: &str, message: &str) -> String {
+    serde_json::json!({"__type": format!("com.amazonaws.ssm#{code}"), "message": message})
+        .to_string()
+}
+
 fn serve(
     tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
@@ -456,9 +916,65 @@ fn serve(
     };
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let mut buf = Vec::new();
-    while let Some((method, path, headers, body)) = read_request(&mut tls, &mut buf) {
-        let (violations, json, der) = check(&method, &path, &headers, &body);
+    while let Some((method, path, headers, body, chunked)) = read_request(&mut tls, &mut buf) {
+        let at = Instant::now();
         let request_id = eks_connector::random::uuid_v4().unwrap();
+        let target = header(&headers, "X-Amz-Target").unwrap_or("").to_string();
+        let record = |action: &str, status: u16, signed_by, json: Value| Recorded {
+            method: method.clone(),
+            path: path.clone(),
+            headers: headers.clone(),
+            body: json,
+            public_key_der: None,
+            instance_id: None,
+            request_id: request_id.clone(),
+            action: action.into(),
+            status,
+            chunked,
+            signed_by,
+            at,
+        };
+        // The session worker's control channel: refused, so that it keeps retrying harmlessly.
+        if path.starts_with("/v1/control-channel/") {
+            state
+                .lock()
+                .unwrap()
+                .requests
+                .push(record("control-channel", 500, None, Value::Null));
+            let body = error_body("InternalServerException", "stand-in: no control channel");
+            if respond(&mut tls, 500, &request_id, &body).is_err() {
+                return;
+            }
+            continue;
+        }
+        if let Some(
+            action @ ("RequestManagedInstanceRoleToken" | "UpdateManagedInstancePublicKey"),
+        ) = target.strip_prefix("AmazonSSM.")
+        {
+            let (result, signed_by) = signed_call(&state, action, &method, &path, &headers, &body);
+            let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let (status, answer) = match result {
+                Ok(v) => (200, v.to_string()),
+                Err((status, code, message)) => {
+                    state
+                        .lock()
+                        .unwrap()
+                        .violations
+                        .push(format!("{action} refused: {code}: {message}"));
+                    (status, error_body(code, &message))
+                }
+            };
+            state
+                .lock()
+                .unwrap()
+                .requests
+                .push(record(action, status, signed_by, json));
+            if respond(&mut tls, status, &request_id, &answer).is_err() {
+                return;
+            }
+            continue;
+        }
+        let (violations, json, der) = check(&method, &path, &headers, &body);
         let reply = {
             let mut st = state.lock().unwrap();
             if !violations.is_empty() {
@@ -477,25 +993,32 @@ fn serve(
             }
         };
         let instance_id = match &reply {
-            Reply::Delay(_) => Some({
-                let hex = eks_connector::random::uuid_v4().unwrap().replace('-', "");
-                format!("mi-{}", &hex[..17])
-            }),
-            Reply::Success(id) => Some(id.clone().unwrap_or_else(|| {
-                let hex = eks_connector::random::uuid_v4().unwrap().replace('-', "");
-                format!("mi-{}", &hex[..17])
-            })),
+            Reply::Delay(_) => Some(new_instance_id()),
+            Reply::Success(id) => Some(id.clone().unwrap_or_else(new_instance_id)),
             _ => None,
         };
-        state.lock().unwrap().requests.push(Recorded {
-            method,
-            path,
-            headers,
-            body: json,
-            public_key_der: der,
-            instance_id: instance_id.clone(),
-            request_id: request_id.clone(),
-        });
+        let status = match &reply {
+            Reply::Error { status, .. } => *status,
+            Reply::Hang | Reply::Close => 0,
+            _ => 200,
+        };
+        {
+            let mut st = state.lock().unwrap();
+            // SSM now holds the instance's key and fingerprint.
+            if let (Some(id), Some(key)) = (&instance_id, &der) {
+                st.instances.insert(
+                    id.clone(),
+                    Instance {
+                        keys: vec![key.clone()],
+                        fingerprint: json["Fingerprint"].as_str().unwrap_or("").into(),
+                    },
+                );
+            }
+            let mut r = record("RegisterManagedInstance", status, None, json);
+            r.public_key_der = der;
+            r.instance_id = instance_id.clone();
+            st.requests.push(r);
+        }
         let ok = match reply {
             Reply::Delay(d) => {
                 std::thread::sleep(d);
