@@ -436,7 +436,7 @@ fn restarted_on_the_same_node_init_runs_as_shipped_over_the_hardened_vault() {
     env.containers.clear();
 
     // Same pod, same volumes: the init containers run again, exactly as shipped.
-    let init = env.pod.container("init").clone();
+    let init = env.pod.container(&env.pod.registering_container()).clone();
     assert_eq!(init["securityContext"]["runAsUser"], 0);
     assert_eq!(init["securityContext"]["capabilities"]["drop"][0], "ALL");
     env.pod.run_init_containers();

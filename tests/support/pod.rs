@@ -291,6 +291,14 @@ impl Pod {
             .expect("a container runs the SSM agent's image")
     }
 
+    /// The init container that registers (it takes the activation from the Secret).
+    pub fn registering_container(&self) -> String {
+        self.init_containers()
+            .into_iter()
+            .find(|c| self.container(c)["envFrom"].is_array())
+            .expect("an init container takes the activation (envFrom)")
+    }
+
     fn is_ssm_agent_image(&self, name: &str) -> bool {
         self.container(name)["image"]
             .as_str()
