@@ -379,6 +379,8 @@ const INITIAL_BUF: usize = 4096;
 pub struct HeadReader<S> {
     inner: S,
     buf: Vec<u8>,
+    /// The buffer's size when (re)allocated.
+    capacity: usize,
     pos: usize,
     end: usize,
     /// The read timeout currently set on the socket, to avoid needless syscalls.
@@ -391,9 +393,15 @@ pub struct HeadReader<S> {
 
 impl<S: Timed + Read> HeadReader<S> {
     pub fn new(inner: S, io_timeout: Duration) -> Self {
+        Self::with_capacity(inner, io_timeout, INITIAL_BUF)
+    }
+
+    /// A reader whose buffer (allocated at the first read) is `capacity` bytes.
+    pub fn with_capacity(inner: S, io_timeout: Duration, capacity: usize) -> Self {
         HeadReader {
             inner,
-            buf: vec![0; INITIAL_BUF],
+            buf: Vec::new(),
+            capacity,
             pos: 0,
             end: 0,
             timeout: None,
@@ -404,6 +412,10 @@ impl<S: Timed + Read> HeadReader<S> {
 
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
     }
 
     fn set_timeout(&mut self, t: Duration) -> io::Result<()> {
@@ -455,13 +467,13 @@ impl<S: Timed + Read> HeadReader<S> {
         header_timeout: Duration,
     ) -> Result<(), HeadError> {
         // Shrink a buffer that grew for a large previous head.
-        if self.pos == self.end && self.buf.len() > 4 * INITIAL_BUF {
-            self.buf = vec![0; INITIAL_BUF];
+        if self.pos == self.end && self.buf.len() > 4 * self.capacity {
+            self.buf = vec![0; self.capacity];
             self.pos = 0;
             self.end = 0;
         }
         if self.buf.is_empty() {
-            self.buf = vec![0; INITIAL_BUF];
+            self.buf = vec![0; self.capacity];
         }
         if self.pos == self.end {
             self.set_timeout(idle).map_err(HeadError::Io)?;
@@ -519,63 +531,18 @@ impl<S: Timed + Read> HeadReader<S> {
         is_request: bool,
     ) -> Result<usize, HeadError> {
         let cap = limits.max_line + limits.max_header_bytes + 4 + 2 * 4;
-        let mut line_start = 0usize;
-        let mut scanned = 0usize;
-        let mut header_bytes = 0usize;
-        let mut leading_empty = 0;
+        let mut scan = HeadScan {
+            limits,
+            is_request,
+            line_start: 0,
+            scanned: 0,
+            header_bytes: 0,
+            leading_empty: 0,
+        };
         loop {
-            let avail = &self.buf[self.pos..self.end];
-            while let Some(off) = avail[scanned..].iter().position(|&b| b == b'\n') {
-                let lf = scanned + off;
-                scanned = lf + 1;
-                if lf == 0 || avail[lf - 1] != b'\r' {
-                    return Err(HeadError::Bad("a line ends in a bare LF"));
-                }
-                let (s, e) = (line_start, lf - 1);
-                line_start = lf + 1;
-                if avail[s..e].contains(&b'\r') {
-                    return Err(HeadError::Bad("a bare CR inside a line"));
-                }
-                if lines.is_empty() {
-                    if s == e {
-                        // Tolerate a few empty lines before a request line (RFC 9112 2.2).
-                        leading_empty += 1;
-                        if leading_empty > 4 {
-                            return Err(HeadError::Bad("too many empty lines"));
-                        }
-                        continue;
-                    }
-                    if e - s > limits.max_line {
-                        return Err(if is_request {
-                            HeadError::LineTooLong
-                        } else {
-                            HeadError::Bad("status line too long")
-                        });
-                    }
-                    lines.push((s, e));
-                    continue;
-                }
-                if s == e {
-                    return Ok(line_start);
-                }
-                header_bytes += e - s + 2;
-                if header_bytes > limits.max_header_bytes || lines.len() > limits.max_headers {
-                    return Err(HeadError::HeadersTooLarge);
-                }
-                lines.push((s, e));
-            }
-            // Incomplete: check the partial line against the limits before reading more.
-            let partial = avail.len() - line_start;
-            if lines.is_empty() {
-                if partial > limits.max_line + 2 {
-                    return Err(if is_request {
-                        HeadError::LineTooLong
-                    } else {
-                        HeadError::Bad("status line too long")
-                    });
-                }
-            } else if header_bytes + partial > limits.max_header_bytes + 2 {
-                return Err(HeadError::HeadersTooLarge);
+            // Offsets are relative to pos: read_more may move the data to the start.
+            if let Some(len) = scan.lines(&self.buf[self.pos..self.end], lines)? {
+                return Ok(len);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -583,18 +550,12 @@ impl<S: Timed + Read> HeadReader<S> {
             }
             self.set_timeout(deadline - now).map_err(HeadError::Io)?;
             match self.read_more(cap) {
-                Ok(0) => {
-                    return Err(if self.end == self.pos {
-                        HeadError::Closed
-                    } else {
-                        HeadError::Bad("connection closed inside the request head")
-                    })
-                }
+                Ok(0) if self.end == self.pos => return Err(HeadError::Closed),
+                Ok(0) => return Err(HeadError::Bad("connection closed inside the request head")),
                 Ok(_) => {}
                 Err(e) if is_timeout(&e) => return Err(HeadError::Timeout),
                 Err(e) => return Err(HeadError::Io(e)),
             }
-            // read_more may have moved the data to the start; offsets are relative to pos.
         }
     }
 
@@ -611,7 +572,7 @@ impl<S: Timed + Read> HeadReader<S> {
 
     /// Gives back a buffer that grew for a large head, once nothing is left in it.
     pub fn shrink(&mut self) {
-        if self.buf.len() > 4 * INITIAL_BUF {
+        if self.buf.len() > 4 * self.capacity {
             self.release_buffer();
         }
         if self.lines.capacity() > 64 {
@@ -636,7 +597,7 @@ impl<S: Timed + Read> BufRead for HeadReader<S> {
             self.pos = 0;
             self.end = 0;
             if self.buf.is_empty() {
-                self.buf = vec![0; INITIAL_BUF];
+                self.buf = vec![0; self.capacity];
             }
             self.read_more(self.buf.len())?;
         }
@@ -671,6 +632,81 @@ pub fn discard_until_closed<S: Read + Timed>(mut s: S) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             _ => return,
         }
+    }
+}
+
+/// Where the search for a head's lines stands, between reads.
+struct HeadScan<'l> {
+    limits: &'l HeadLimits,
+    is_request: bool,
+    line_start: usize,
+    scanned: usize,
+    header_bytes: usize,
+    leading_empty: usize,
+}
+
+impl HeadScan<'_> {
+    fn line_too_long(&self) -> HeadError {
+        if self.is_request {
+            HeadError::LineTooLong
+        } else {
+            HeadError::Bad("status line too long")
+        }
+    }
+
+    /// Takes the complete lines in `avail` (the head's bytes so far). `Some(length)` once the
+    /// empty line ending the head is found; `None` when more input is needed (after checking
+    /// the partial line against the limits, so a line that never ends is refused as well).
+    fn lines(
+        &mut self,
+        avail: &[u8],
+        lines: &mut Vec<(usize, usize)>,
+    ) -> Result<Option<usize>, HeadError> {
+        let limits = self.limits;
+        while let Some(off) = avail[self.scanned..].iter().position(|&b| b == b'\n') {
+            let lf = self.scanned + off;
+            self.scanned = lf + 1;
+            if lf == 0 || avail[lf - 1] != b'\r' {
+                return Err(HeadError::Bad("a line ends in a bare LF"));
+            }
+            let (s, e) = (self.line_start, lf - 1);
+            self.line_start = lf + 1;
+            if avail[s..e].contains(&b'\r') {
+                return Err(HeadError::Bad("a bare CR inside a line"));
+            }
+            if lines.is_empty() {
+                if s == e {
+                    // Tolerate a few empty lines before a request line (RFC 9112 2.2).
+                    self.leading_empty += 1;
+                    if self.leading_empty > 4 {
+                        return Err(HeadError::Bad("too many empty lines"));
+                    }
+                    continue;
+                }
+                if e - s > limits.max_line {
+                    return Err(self.line_too_long());
+                }
+                lines.push((s, e));
+                continue;
+            }
+            if s == e {
+                return Ok(Some(self.line_start));
+            }
+            self.header_bytes += e - s + 2;
+            if self.header_bytes > limits.max_header_bytes || lines.len() > limits.max_headers {
+                return Err(HeadError::HeadersTooLarge);
+            }
+            lines.push((s, e));
+        }
+        let partial = avail.len() - self.line_start;
+        if lines.is_empty() {
+            if partial > limits.max_line + 2 {
+                return Err(self.line_too_long());
+            }
+        } else if self.header_bytes + partial > limits.max_header_bytes + 2 {
+            return Err(HeadError::HeadersTooLarge);
+        }
+        Ok(None)
     }
 }
 

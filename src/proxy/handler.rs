@@ -490,7 +490,7 @@ fn read_head(
 /// `timeout_ms` (-1: none) passed first. Only a hang-up or an error means the client is gone:
 /// a client that shut down its sending side after the request still waits for the answer.
 fn wait_for_upstream(conn: &mut Conn, client: RawFd, timeout_ms: i32) -> Result<bool, Failure> {
-    if !conn.io.buffer().is_empty() || conn.io.get_mut().pending() > 0 {
+    if !conn.io.buffered().is_empty() || conn.io.get_mut().pending() > 0 {
         return Ok(true);
     }
     let up = conn.io.get_ref().raw_fd();
@@ -646,7 +646,7 @@ fn relay_body(
                 }
             }
             Step::Data(n) => {
-                let piece = &conn.io.buffer()[..n];
+                let piece = &conn.io.buffered()[..n];
                 if chunked {
                     let _ = write!(out, "{n:x}\r\n");
                 }
@@ -684,7 +684,7 @@ fn await_upstream(
     if let Ok(false) = waited {
         *out = Vec::new();
         reader.release_buffer();
-        conn.io.release();
+        conn.io.release_buffer();
         waited = wait_for_upstream(conn, stream.raw_fd(), -1);
     }
     match waited {

@@ -177,16 +177,54 @@ pub fn run(config: Config) -> Result<(), ProxyError> {
         read_only: config.read_only,
     });
     if let Some(addr) = &config.health_addr {
-        let (s, l) = (shared.clone(), listener.clone());
-        let bound =
-            crate::health::serve(addr, Arc::new(move || ready(&s, &l))).map_err(|source| {
-                ProxyError::Health {
-                    addr: addr.clone(),
-                    source,
-                }
-            })?;
-        log::info!("health checks on http://{bound}/healthz and /readyz");
+        serve_health(addr, &shared, &listener)?;
     }
+    let acceptor = start_threads(&shared, &listener)?;
+    let signal = loop {
+        match blocked.wait(None) {
+            Ok(Some(a)) => break a.signal,
+            Ok(None) => continue,
+            Err(e) => return Err(ProxyError::Signals(e)),
+        }
+    };
+    log::info!(
+        "{} received: no longer accepting; waiting up to {:?} for {} request(s) in flight",
+        crate::signals::name(signal),
+        config.shutdown_grace,
+        shared.in_flight.load(Ordering::SeqCst)
+    );
+    shared.stopping.store(true, Ordering::SeqCst);
+    listener.remove_file();
+    listener.stop();
+    let _ = acceptor.join();
+    drain(&shared, &blocked, config.shutdown_grace);
+    shared.upstream.close_idle();
+    drop(listener);
+    log::info!("stopped");
+    Ok(())
+}
+
+fn serve_health(
+    addr: &str,
+    shared: &Arc<Shared>,
+    listener: &Arc<Listener>,
+) -> Result<(), ProxyError> {
+    let (s, l) = (shared.clone(), listener.clone());
+    let bound = crate::health::serve(addr, Arc::new(move || ready(&s, &l))).map_err(|source| {
+        ProxyError::Health {
+            addr: addr.to_string(),
+            source,
+        }
+    })?;
+    log::info!("health checks on http://{bound}/healthz and /readyz");
+    Ok(())
+}
+
+/// The acceptor (returned, to be joined at shutdown) and the housekeeping thread.
+fn start_threads(
+    shared: &Arc<Shared>,
+    listener: &Arc<Listener>,
+) -> Result<std::thread::JoinHandle<()>, ProxyError> {
     let acceptor = {
         let (s, l) = (shared.clone(), listener.clone());
         std::thread::Builder::new()
@@ -195,66 +233,45 @@ pub fn run(config: Config) -> Result<(), ProxyError> {
             .spawn(move || accept_loop(&s, &l))
             .map_err(ProxyError::Thread)?
     };
-    {
-        let s = shared.clone();
-        std::thread::Builder::new()
-            .name("reaper".into())
-            .stack_size(64 << 10)
-            .spawn(move || {
-                // Credentials: a stat of two files twice a second; idle connections: every 5 s.
-                for tick in 1u64.. {
-                    std::thread::sleep(Duration::from_millis(500));
-                    s.upstream.refresh_credentials();
-                    if tick % 10 == 0 {
-                        s.upstream.reap_idle();
-                    }
+    let s = shared.clone();
+    std::thread::Builder::new()
+        .name("reaper".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            // Credentials: a stat of two files twice a second; idle connections: every 5 s.
+            for tick in 1u64.. {
+                std::thread::sleep(Duration::from_millis(500));
+                s.upstream.refresh_credentials();
+                if tick % 10 == 0 {
+                    s.upstream.reap_idle();
                 }
-            })
-            .map_err(ProxyError::Thread)?;
-    }
+            }
+        })
+        .map_err(ProxyError::Thread)?;
+    Ok(acceptor)
+}
 
-    let signal = loop {
-        match blocked.wait(None) {
-            Ok(Some(a)) => break a.signal,
-            Ok(None) => continue,
-            Err(e) => return Err(ProxyError::Signals(e)),
-        }
-    };
-    let grace = config.shutdown_grace;
-    log::info!(
-        "{} received: no longer accepting; waiting up to {:?} for {} request(s) in flight",
-        crate::signals::name(signal),
-        grace,
-        shared.in_flight.load(Ordering::SeqCst)
-    );
-    shared.stopping.store(true, Ordering::SeqCst);
-    listener.remove_file();
-    listener.stop();
-    let _ = acceptor.join();
+/// Waits up to `grace` for the requests in flight; a second signal cuts the wait short.
+fn drain(shared: &Shared, blocked: &crate::signals::Blocked, grace: Duration) {
     let deadline = Instant::now() + grace;
     loop {
         let left = shared.in_flight.load(Ordering::SeqCst);
         if left == 0 {
-            break;
+            return;
         }
         let now = Instant::now();
         if now >= deadline {
             log::warn!("{left} request(s) still running after {grace:?}; ending them");
-            break;
+            return;
         }
-        // A second signal cuts the wait short.
         if let Ok(Some(a)) = blocked.wait(Some((deadline - now).min(Duration::from_millis(50)))) {
             log::warn!(
                 "{} received again: ending {left} request(s) now",
                 crate::signals::name(a.signal)
             );
-            break;
+            return;
         }
     }
-    shared.upstream.close_idle();
-    drop(listener);
-    log::info!("stopped");
-    Ok(())
 }
 
 fn accept_loop(shared: &Arc<Shared>, listener: &Listener) {

@@ -9,7 +9,7 @@
 //! The token and the CA are [`WatchedFile`]s: re-read when the files change (projected tokens
 //! rotate), never per request. Connections made with an older CA are not reused.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-use crate::http::{self, HeadLimits};
+use crate::http::{self, Buffered, HeadLimits, HeadReader};
 use crate::watched_file::WatchedFile;
 
 /// Where the API server is.
@@ -228,82 +228,16 @@ impl Write for Io {
     }
 }
 
-/// Buffer for reading responses. Small: a watch holds one per open stream.
+/// Buffer for reading responses. Small: a watch holds one per open stream (and gives it back
+/// while the stream is quiet: [`HeadReader::release_buffer`]).
 const READ_BUF: usize = 8 << 10;
 
-/// A buffered reader over an upstream connection whose buffer can be given back while the
-/// connection waits (a thousand idle watches should not hold a thousand empty buffers).
-pub struct UpReader {
-    io: Io,
-    buf: Vec<u8>,
-    pos: usize,
-    end: usize,
-}
+/// A buffered reader over an upstream connection: the same reader as the client side's.
+pub type UpReader = HeadReader<Io>;
 
-impl UpReader {
-    fn new(io: Io) -> UpReader {
-        UpReader {
-            io,
-            buf: Vec::new(),
-            pos: 0,
-            end: 0,
-        }
-    }
-
-    pub fn get_ref(&self) -> &Io {
-        &self.io
-    }
-
-    pub fn get_mut(&mut self) -> &mut Io {
-        &mut self.io
-    }
-
-    /// Bytes read but not yet consumed.
-    pub fn buffer(&self) -> &[u8] {
-        &self.buf[self.pos..self.end]
-    }
-
-    /// Frees the buffer if it holds nothing.
-    pub fn release(&mut self) {
-        if self.pos == self.end {
-            self.buf = Vec::new();
-            self.pos = 0;
-            self.end = 0;
-        }
-    }
-}
-
-impl Read for UpReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let avail = self.fill_buf()?;
-        let n = avail.len().min(out.len());
-        out[..n].copy_from_slice(&avail[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-impl BufRead for UpReader {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        if self.pos == self.end {
-            if self.buf.is_empty() {
-                self.buf = vec![0; READ_BUF];
-            }
-            let n = self.io.read(&mut self.buf)?;
-            self.pos = 0;
-            self.end = n;
-        }
-        Ok(&self.buf[self.pos..self.end])
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.pos = (self.pos + n).min(self.end);
-    }
-}
-
-impl http::Buffered for UpReader {
-    fn buffered(&self) -> &[u8] {
-        self.buffer()
+impl http::Timed for Io {
+    fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_read_timeout(t)
     }
 }
 
@@ -579,7 +513,7 @@ impl Upstream {
     fn usable(&self, conn: &mut Conn, creds: &Creds) -> bool {
         conn.ca_generation == creds.ca_generation()
             && conn.idle_since.elapsed() < self.config.idle_timeout
-            && conn.io.buffer().is_empty()
+            && conn.io.buffered().is_empty()
             && conn.io.get_mut().is_quiet()
     }
 
@@ -651,7 +585,7 @@ impl Upstream {
             .map_err(UpstreamError::Io)?;
         self.open.fetch_add(1, Ordering::SeqCst);
         Ok(Conn {
-            io: UpReader::new(io),
+            io: HeadReader::with_capacity(io, self.config.io_timeout, READ_BUF),
             reused: false,
             ca_generation,
             idle_since: Instant::now(),
@@ -689,7 +623,7 @@ impl Upstream {
 
     fn reusable(conn: &mut Conn) -> bool {
         // Unexpected extra bytes after the response: not reusable.
-        conn.io.buffer().is_empty() && conn.io.get_mut().pending() == 0
+        conn.io.buffered().is_empty() && conn.io.get_mut().pending() == 0
     }
 
     /// After a response read to its end: the client connection keeps `conn` for its next
