@@ -12,8 +12,10 @@
 #
 #   bench/agent.sh
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 cd "$ROOT"
+need_prereqs rust "$PREREQS_KUBE" control-plane
 arch="$(uname -m)"
 triple="$arch-unknown-linux-musl"
 

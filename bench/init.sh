@@ -14,11 +14,9 @@
 # the exit status is non-zero only when a run fails or does something other than expected.
 # Needs cargo, openssl, curl and setpriv; the first run on a machine builds kube-apiserver (Go).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 cd "$ROOT"
-
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'bench/init.sh: %s\n' "$*" >&2; exit 1; }
 
 RUNS=21
 while [ $# -gt 0 ]; do
@@ -31,9 +29,7 @@ while [ $# -gt 0 ]; do
 done
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer, got '$RUNS'"
 
-for c in cargo openssl curl setpriv awk; do
-    command -v "$c" >/dev/null 2>&1 || die "$c is missing (needed to build, or by tests/kube-env/start.sh)"
-done
+need_prereqs rust "$PREREQS_KUBE" control-plane
 
 # Format-valid activation (the stub checks the lengths and that the pair matches); not a real one.
 ACT_ID="2f3c8b1a-4d5e-4f60-8a7b-9c0d1e2f3a4b"

@@ -5,10 +5,10 @@
 # them to bench/RESULTS.md. Needs curl and openssl.
 #   bench/run.sh [--seconds N]        (default 5 s per load run)
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 cd "$ROOT"
-command -v curl >/dev/null || { echo "bench/run.sh: curl is needed" >&2; exit 1; }
-command -v openssl >/dev/null || { echo "bench/run.sh: openssl is needed" >&2; exit 1; }
+need_prereqs rust curl openssl
 CARGO_TARGET_DIR="$ROOT/target/bench" cargo build --release --manifest-path bench/Cargo.toml
 BENCH="$ROOT/target/bench/release/proxy-bench"
 OUT="$ROOT/bench/RESULTS.md"
@@ -19,7 +19,7 @@ if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-mu
     cargo build --release --target x86_64-unknown-linux-musl --bin eks-connector-proxy
     bins+=("static musl (what ships)|$ROOT/target/x86_64-unknown-linux-musl/release/eks-connector-proxy")
 else
-    echo "bench/run.sh: rustup target x86_64-unknown-linux-musl missing: measuring the glibc build only" >&2
+    say "rustup target x86_64-unknown-linux-musl missing: measuring the glibc build only"
 fi
 cargo build --release --bin eks-connector-proxy
 bins+=("glibc, dynamically linked|$ROOT/target/release/eks-connector-proxy")
@@ -32,7 +32,7 @@ bins+=("glibc, dynamically linked|$ROOT/target/release/eks-connector-proxy")
 } > "$TMP/all.md"
 for entry in "${bins[@]}"; do
     label="${entry%%|*}"; bin="${entry#*|}"
-    echo "==> $label: $bin" >&2
+    say "$label: $bin"
     "$BENCH" --proxy "$bin" --out "$TMP/one.md" "$@"
     { echo "## $label"; echo; sed '1,2d' "$TMP/one.md"; echo; } >> "$TMP/all.md"
 done

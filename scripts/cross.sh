@@ -4,9 +4,10 @@
 #   scripts/cross.sh            # both architectures
 #   scripts/cross.sh aarch64    # one (x86_64 | aarch64)
 #
-# Installs what a fresh Debian machine lacks (musl-tools, gcc-aarch64-linux-gnu, qemu-user, file,
-# the rustup targets), then checks every binary: statically linked, stripped, and `--version`
-# runs (aarch64 under qemu-aarch64).
+# First checks what each architecture needs by what it provides (scripts/lib.sh: the rustup
+# target, a C compiler that compiles against the C library's headers and links static, qemu that
+# runs the result) and installs what a fresh Debian machine lacks; then checks every binary:
+# statically linked, stripped, and `--version` runs (the other architecture under qemu).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -14,35 +15,30 @@ cd "$ROOT"
 
 archs=("$@")
 [ ${#archs[@]} -gt 0 ] || archs=(x86_64 aarch64)
-host="$(uname -m)"
+host="$HOST_ARCH"
 pkg_version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 
-need_cmd cargo cargo
-need_cmd file file
+prereqs=()
+for a in "${archs[@]}"; do
+    triple_of "$a" >/dev/null # dies on an unknown architecture
+    read -ra p <<<"$(prereqs_for_arch "$a")"
+    prereqs+=("${p[@]}")
+done
+need_prereqs "${prereqs[@]}"
 
 build_arch() {
     local arch="$1" triple upper runner=""
     triple="$(triple_of "$arch")"
     upper="$(echo "$triple" | tr 'a-z-' 'A-Z_')"
-    need_target "$triple"
     if [ "$arch" = "$host" ]; then
         # Native: rustc links musl itself; ring's C code wants a musl-targeting compiler.
-        need_cmd musl-gcc musl-tools
         export "CC_${triple//-/_}=musl-gcc"
-    elif [ "$arch" = aarch64 ]; then
-        need_cmd aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
-        need_cmd qemu-aarch64 qemu-user
-        export "CARGO_TARGET_${upper}_LINKER=aarch64-linux-gnu-gcc"
-        export "CC_${triple//-/_}=aarch64-linux-gnu-gcc"
-        export "AR_${triple//-/_}=aarch64-linux-gnu-ar"
-        runner=qemu-aarch64
     else
-        need_cmd x86_64-linux-gnu-gcc gcc-x86-64-linux-gnu
-        need_cmd qemu-x86_64 qemu-user
-        export "CARGO_TARGET_${upper}_LINKER=x86_64-linux-gnu-gcc"
-        export "CC_${triple//-/_}=x86_64-linux-gnu-gcc"
-        export "AR_${triple//-/_}=x86_64-linux-gnu-ar"
-        runner=qemu-x86_64
+        # ring's C code compiles against the cross C library's headers (libc6-dev-*-cross).
+        export "CARGO_TARGET_${upper}_LINKER=$arch-linux-gnu-gcc"
+        export "CC_${triple//-/_}=$arch-linux-gnu-gcc"
+        export "AR_${triple//-/_}=$arch-linux-gnu-ar"
+        runner="qemu-$arch"
     fi
 
     say "cargo build --release --target $triple"

@@ -24,9 +24,9 @@ if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; fi
 STEP() { step=$((step + 1)); printf '\n%s[%d] %s%s\n' "$bold" "$step" "$*" "$plain"; }
 show() { printf '    $ %s\n' "$*"; }
 
-need_cmd curl curl
-need_cmd openssl openssl
-need_cmd cargo cargo
+# What the demo runs, checked by what it provides (and installed when missing), the control plane
+# last: on a fresh machine it is built here, with progress, before anything else starts.
+need_prereqs "$PREREQS_DEMO"
 
 WORK="$(mktemp -d /tmp/eks-connector-demo.XXXXXX)"
 pids=()
@@ -40,11 +40,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 STEP "Build the binaries and the SSM stand-in (cargo build --bins --example ssm-stub)"
-cargo build --quiet --bins --example ssm-stub
+cargo build --bins --example ssm-stub 2>&1 | sed 's/^ */    /'
 BIN="$ROOT/target/debug"
 
 STEP "Start the real control plane (./build.sh kube-env $WORK/kube)"
-echo "    the first run on a machine builds kube-apiserver from source; later runs take seconds"
 "$ROOT/build.sh" kube-env "$WORK/kube" >"$WORK/kube-env.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 2400); do

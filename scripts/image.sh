@@ -30,14 +30,17 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-need_cmd python3 python3
+need_prereqs python3
 
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 [ -n "$version" ] || die "cannot read the version from Cargo.toml"
 archive="dist/eks-connector-$version.oci.tar"
 budget=$((5 * 1024 * 1024))
 
-[ "$build" = 0 ] || "$ROOT/scripts/cross.sh" x86_64 aarch64
+if [ "$build" = 1 ]; then
+    say "release binaries for x86_64 and aarch64 (scripts/cross.sh; minutes on a first build, seconds after)"
+    "$ROOT/scripts/cross.sh" x86_64 aarch64
+fi
 
 # The build context: Dockerfile.scratch and one directory per OCI architecture holding what goes
 # into /usr/local/bin. When bin/eks-connector is the multi-call binary (it runs the program its
@@ -125,8 +128,8 @@ if docker_works; then
         rm -rf "$tmp"
     done
 else
-    need_cmd buildah buildah
-    [ "$(id -u)" = 0 ] || die "buildah without a docker daemon needs root here (vfs storage, chroot isolation)"
+    # The buildah check builds and runs a tiny image holding the musl hello world.
+    need_prereqs musl-gcc buildah
     bh() { buildah --storage-driver vfs "$@"; }
     # A manifest list of the same name from an earlier run would collect stale entries.
     bh manifest rm "$name:$version" >/dev/null 2>&1 || true
