@@ -72,20 +72,21 @@ PREREQS_RELEASE="$(prereqs_for_arch "$HOST_ARCH") $(prereqs_for_arch "$CROSS_ARC
 PREREQS_KUBE="go openssl curl setpriv flock python3"
 PREREQS_IMAGE="$PREREQS_RELEASE python3 buildah"
 PREREQS_DEMO="rust $PREREQS_KUBE control-plane"
-PREREQS_TEST="rust rustfmt+clippy $PREREQS_RELEASE $PREREQS_KUBE tar buildah control-plane"
+PREREQS_TEST="rust rustfmt+clippy $PREREQS_RELEASE $PREREQS_KUBE tar buildah control-plane peer-ssm-agent peer-eks-connector"
 
 # ---------------------------------------------------------------------------------------------
-# Each prerequisite: how it is checked (P_HOW), and what provides it: Debian packages (P_APT),
-# a command this script runs (P_RUN), or only a sentence for the user (P_FIX).
+# Each prerequisite: how it is checked (P_HOW); what the scripts do when it is missing: install
+# Debian packages (P_APT) or run a command (P_RUN), neither when only the user can (Rust, Go); and
+# the fix in words (P_FIX, for doctor and for the error).
 prereq_info() {
     P_HOW="" P_APT="" P_RUN="" P_FIX=""
     case "$1" in
         rust) P_HOW="cargo --version and rustc --version answer"
             P_FIX="install Rust with rustup (https://rustup.rs), then open a new shell" ;;
         rustfmt+clippy) P_HOW="cargo fmt --version and cargo clippy --version answer"
-            P_RUN="rustup component add rustfmt clippy" ;;
+            P_RUN="rustup component add rustfmt clippy"; P_FIX="$P_RUN" ;;
         musl-target-*) P_HOW="rustc has the standard library for $(triple_of "${1#musl-target-}")"
-            P_RUN="rustup target add $(triple_of "${1#musl-target-}")" ;;
+            P_RUN="rustup target add $(triple_of "${1#musl-target-}")"; P_FIX="$P_RUN" ;;
         musl-gcc) P_HOW="musl-gcc compiles a C file including <stdint.h>, links it static, and it runs"
             P_APT="musl-tools" ;;
         cc-*) P_HOW="${1#cc-}-linux-gnu-gcc compiles a C file including <stdint.h> and links it static"
@@ -105,9 +106,14 @@ prereq_info() {
         tar) P_HOW="tar -c and -x round-trip a file"; P_APT="tar" ;;
         python3) P_HOW="python3 imports socket, gzip and json"; P_APT="python3" ;;
         control-plane) P_HOW="kube-apiserver, kubectl and etcd are cached in $KUBE_CACHE (tests/kube-env/build-bins.sh)"
-            P_RUN="build_control_plane" ;;
+            P_RUN="build_control_plane"; P_FIX="./build.sh demo or ./build.sh test builds it" ;;
+        peer-ssm-agent) P_HOW="AWS's SSM agent, built from its pinned source, is cached (tests/peers/fetch-build.sh ssm-agent)"
+            P_RUN="build_peer ssm-agent"; P_FIX="./build.sh test builds it" ;;
+        peer-eks-connector) P_HOW="the original connector, built from its pinned source, is cached (tests/peers/fetch-build.sh eks-connector)"
+            P_RUN="build_peer eks-connector"; P_FIX="./build.sh test builds it" ;;
         *) die "unknown prerequisite '$1'" ;;
     esac
+    [ -z "$P_APT" ] || P_FIX="apt-get install -y $P_APT (./build.sh installs it when run as root)"
 }
 
 go_wanted() { sed -n 's/^go \([0-9.]*\)$/\1/p' "$ROOT/tests/kube-env/go.mod"; }
@@ -161,7 +167,8 @@ prereq_probe() {
         flock) flock "$d/lock" true ;;
         tar) echo x >"$d/tar.in" && tar -cf "$d/t.tar" -C "$d" tar.in && tar -xOf "$d/t.tar" tar.in | grep -qx x ;;
         python3) python3 -c 'import socket, gzip, json' ;;
-        control-plane) control_plane_cached ;;
+        control-plane) cached_only "$ROOT/tests/kube-env/build-bins.sh" ;;
+        peer-*) cached_only "$ROOT/tests/peers/fetch-build.sh" "${1#peer-}" ;;
         *) die "unknown prerequisite '$1'" ;;
     esac
 }
@@ -183,18 +190,19 @@ probe_buildah() {
     return "$status"
 }
 
-# build-bins.sh prints the cache directory and exits when the binaries are cached, before it looks
-# for Go; run with a PATH that holds only what that first part needs, it answers "cached?" without
-# building and without waiting for another process's build. (Editing build-bins.sh to add a flag
-# would change its cache key and rebuild the control plane on every machine.)
-control_plane_cached() {
-    local path="$PROBE_DIR/no-go-path" c
+# cached_only SCRIPT ARGS...: whether a cached build (tests/kube-env/build-bins.sh,
+# tests/peers/fetch-build.sh) is there, without building or waiting for another process's build.
+# Those scripts print their cache directory and exit when it is complete, using only text tools;
+# with a PATH of just those they stop right after that check. (A flag for this in build-bins.sh
+# would change its cache key, which hashes the script, and rebuild it on every machine.)
+cached_only() {
+    local path="$PROBE_DIR/text-tools-only" c
     mkdir -p "$path"
-    for c in bash cat sha256sum cut dirname; do
+    for c in bash cat sha256sum cut dirname sed; do
         ln -sf "$(command -v "$c")" "$path/$c"
     done
-    PATH="$path" "$ROOT/tests/kube-env/build-bins.sh" 2>/dev/null ||
-        { echo "not built yet (the first ./build.sh demo or test builds it)"; return 1; }
+    PATH="$path" "$@" 2>/dev/null ||
+        { echo "not built yet"; return 1; }
 }
 
 # The control plane, with progress: the first build on a machine takes minutes.
@@ -208,6 +216,12 @@ build_control_plane() {
     # -v: go build names each package as it compiles it, which the progress lines show.
     GOFLAGS="${GOFLAGS:-} -v" run_with_progress "control plane build" "$PROBE_DIR/control-plane.log" \
         "$ROOT/tests/kube-env/build-bins.sh"
+}
+
+# A real peer the tests run, built from its pinned source archive (minutes, the first time).
+build_peer() {
+    say "building $1 from its pinned source for the tests (tests/peers/fetch-build.sh $1; minutes the first time, cached after)"
+    run_with_progress "$1 build" "$PROBE_DIR/peer-$1.log" "$ROOT/tests/peers/fetch-build.sh" "$1"
 }
 
 # run_with_progress LABEL LOG COMMAND...: runs COMMAND with its output in LOG; every 20 s says
@@ -280,7 +294,7 @@ need_prereqs() {
             [[ " ${apt[*]} " == *" $p "* ]] || apt+=("$p")
         done
         [ -z "$P_RUN" ] || runs+=("$P_RUN")
-        [ -z "$P_FIX" ] || manual+=("$name: $(probe_reason "$name"); $P_FIX")
+        [ -n "$P_APT$P_RUN" ] || manual+=("$name: $(probe_reason "$name"); $P_FIX")
     done
     if [ ${#manual[@]} -gt 0 ]; then
         for p in "${manual[@]:1}"; do say "$p"; done
@@ -301,21 +315,14 @@ need_prereqs() {
 # doctor_prereqs NAME...: one line per prerequisite (and why/fix for a missing one); the number
 # missing as the status.
 doctor_prereqs() {
-    local name nmissing=0 fix
+    local name nmissing=0
     for name in $(uniq_words "$@"); do
         prereq_info "$name"
         if prereq_probe "$name" >/dev/null 2>&1; then
             printf 'OK       %-20s %s\n' "$name" "$P_HOW"
         else
             nmissing=$((nmissing + 1))
-            if [ -n "$P_APT" ]; then
-                fix="apt-get install -y $P_APT (./build.sh installs it when run as root)"
-            elif [ -n "$P_RUN" ]; then
-                fix="${P_RUN/build_control_plane/./build.sh demo or ./build.sh test builds it}"
-            else
-                fix="$P_FIX"
-            fi
-            printf 'MISSING  %-20s %s\n         why: %s\n         fix: %s\n' "$name" "$P_HOW" "$(probe_reason "$name")" "$fix"
+            printf 'MISSING  %-20s %s\n         why: %s\n         fix: %s\n' "$name" "$P_HOW" "$(probe_reason "$name")" "$P_FIX"
         fi
     done
     return "$nmissing"
