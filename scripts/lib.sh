@@ -72,7 +72,7 @@ PREREQS_RELEASE="$(prereqs_for_arch "$HOST_ARCH") $(prereqs_for_arch "$CROSS_ARC
 PREREQS_KUBE="go openssl curl setpriv flock python3"
 PREREQS_IMAGE="$PREREQS_RELEASE python3 buildah"
 PREREQS_DEMO="rust $PREREQS_KUBE control-plane"
-PREREQS_TEST="rust rustfmt+clippy $PREREQS_RELEASE $PREREQS_KUBE tar buildah control-plane peer-ssm-agent peer-eks-connector"
+PREREQS_TEST="rust rustfmt+clippy $PREREQS_RELEASE $PREREQS_KUBE tar buildah control-plane helm peer-ssm-agent peer-eks-connector"
 
 # ---------------------------------------------------------------------------------------------
 # Each prerequisite: how it is checked (P_HOW); what the scripts do when it is missing: install
@@ -107,6 +107,8 @@ prereq_info() {
         python3) P_HOW="python3 imports socket, gzip and json"; P_APT="python3" ;;
         control-plane) P_HOW="kube-apiserver, kubectl and etcd are cached in $KUBE_CACHE (tests/kube-env/build-bins.sh)"
             P_RUN="build_control_plane"; P_FIX="./build.sh demo or ./build.sh test builds it" ;;
+        helm) P_HOW="helm, built from the Go modules, is cached (tests/helm/build-helm.sh)"
+            P_RUN="build_helm"; P_FIX="./build.sh test builds it" ;;
         peer-ssm-agent) P_HOW="AWS's SSM agent, built from its pinned source, is cached (tests/peers/fetch-build.sh ssm-agent)"
             P_RUN="build_peer ssm-agent"; P_FIX="./build.sh test builds it" ;;
         peer-eks-connector) P_HOW="the original connector, built from its pinned source, is cached (tests/peers/fetch-build.sh eks-connector)"
@@ -168,6 +170,7 @@ prereq_probe() {
         tar) echo x >"$d/tar.in" && tar -cf "$d/t.tar" -C "$d" tar.in && tar -xOf "$d/t.tar" tar.in | grep -qx x ;;
         python3) python3 -c 'import socket, gzip, json' ;;
         control-plane) cached_only "$ROOT/tests/kube-env/build-bins.sh" ;;
+        helm) cached_only "$ROOT/tests/helm/build-helm.sh" ;;
         peer-*) cached_only "$ROOT/tests/peers/fetch-build.sh" "${1#peer-}" ;;
         *) die "unknown prerequisite '$1'" ;;
     esac
@@ -191,15 +194,16 @@ probe_buildah() {
 }
 
 # cached_only SCRIPT ARGS...: whether a cached build (tests/kube-env/build-bins.sh,
-# tests/peers/fetch-build.sh) is there, without building or waiting for another process's build.
-# Those scripts print their cache directory and exit when it is complete, using only text tools;
-# with a PATH of just those they stop right after that check. (A flag for this in build-bins.sh
+# tests/helm/build-helm.sh, tests/peers/fetch-build.sh) is there, without building or waiting for
+# another process's build. Those scripts compute their cache key with text tools (and `go env`),
+# print the cache directory and exit when it is complete; with a PATH of just those tools they
+# fail at their first other command (mkdir) when it is not. (A flag for this in build-bins.sh
 # would change its cache key, which hashes the script, and rebuild it on every machine.)
 cached_only() {
     local path="$PROBE_DIR/text-tools-only" c
-    mkdir -p "$path"
-    for c in bash cat sha256sum cut dirname sed; do
-        ln -sf "$(command -v "$c")" "$path/$c"
+    rm -rf "$path" && mkdir -p "$path"
+    for c in bash cat sha256sum cut dirname sed printf go; do
+        if command -v "$c" >/dev/null 2>&1; then ln -s "$(command -v "$c")" "$path/$c"; fi
     done
     PATH="$path" "$@" 2>/dev/null ||
         { echo "not built yet"; return 1; }
@@ -216,6 +220,12 @@ build_control_plane() {
     # -v: go build names each package as it compiles it, which the progress lines show.
     GOFLAGS="${GOFLAGS:-} -v" run_with_progress "control plane build" "$PROBE_DIR/control-plane.log" \
         "$ROOT/tests/kube-env/build-bins.sh"
+}
+
+# The Helm CLI the chart tests run, built from the Go modules (minutes, the first time).
+build_helm() {
+    say "building helm for the chart tests (tests/helm/build-helm.sh; minutes the first time, cached after)"
+    run_with_progress "helm build" "$PROBE_DIR/helm.log" "$ROOT/tests/helm/build-helm.sh"
 }
 
 # A real peer the tests run, built from its pinned source archive (minutes, the first time).
