@@ -58,9 +58,17 @@ KUBECTL="$("$ROOT/tests/kube-env/build-bins.sh")/kubectl"
 k() { "$KUBECTL" --kubeconfig "$WORK/kube/kubeconfig" "$@"; }
 echo "    API server $SERVER ($(k version -o json | sed -n 's/.*"gitVersion": "\(.*\)".*/\1/p' | tail -1))"
 
+# The demo's own activation, embedded: format-valid and known only to the SSM stand-in below. A
+# real one in manifests/activation.env is never read here; the manifests are applied from a copy.
+ACT_ID=2f3c8b1a-4d5e-4f60-8a7b-9c0d1e2f3a4b
+ACT_CODE=Xy7pQ2rS9tU4vW1xZ8aB3cD6
+
 STEP "Apply the shipped manifests and the console-user example"
-show "kubectl apply -k manifests/"
-k apply -k manifests/ | sed 's/^/    /'
+cp -r manifests "$WORK/manifests"
+printf 'EKS_ACTIVATION_ID=%s\nEKS_ACTIVATION_CODE=%s\nAWS_REGION=us-west-2\n' "$ACT_ID" "$ACT_CODE" \
+    >"$WORK/manifests/activation.env"
+show "kubectl apply -k manifests/    (a copy, with the demo's activation.env)"
+k apply -k "$WORK/manifests/" | sed 's/^/    /'
 show "kubectl apply -k manifests/console-user/"
 k apply -k manifests/console-user/ | sed 's/^/    /'
 CONSOLE_USER="$(sed -n 's/^ *- \(arn:aws:[^ ]*\)$/\1/p' manifests/console-user/console-user.yaml | head -1)"
@@ -73,10 +81,6 @@ k create token eks-connector -n eks-connector --duration=1h >"$SA/token"
 cp "$WORK/kube/ca.crt" "$SA/ca.crt"
 printf eks-connector >"$SA/namespace"
 echo "    $SA: token, ca.crt, namespace"
-
-# The activation as the Secret generator reads it.
-ACT_ID="$(sed -n 's/^EKS_ACTIVATION_ID=//p' manifests/activation.env)"
-ACT_CODE="$(sed -n 's/^EKS_ACTIVATION_CODE=//p' manifests/activation.env)"
 
 STEP "Start the local SSM stand-in (strict RegisterManagedInstance over TLS)"
 "$BIN/examples/ssm-stub" "$ACT_ID" "$ACT_CODE" "$WORK/ssm" >"$WORK/ssm.log" 2>&1 &
