@@ -26,12 +26,25 @@ pub struct Cluster {
 }
 
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+static OLDEST: OnceLock<Result<Cluster, String>> = OnceLock::new();
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The oldest Kubernetes minor that builds here (tests/kube-env/v1.29: module, build-older.sh).
+pub const OLDEST_KUBE: &str = "v1.29";
 
 /// The control plane, started on first call.
 /// The control plane, started on first call. If it cannot start, every test fails with the reason.
 pub fn cluster() -> &'static Cluster {
-    match CLUSTER.get_or_init(start) {
+    match CLUSTER.get_or_init(|| start(None)) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A second control plane at the oldest Kubernetes we support ([`OLDEST_KUBE`]), started on
+/// first call (its first build on a machine takes minutes, like the newest one's).
+pub fn oldest_cluster() -> &'static Cluster {
+    match OLDEST.get_or_init(|| start(Some(OLDEST_KUBE))) {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     }
@@ -60,7 +73,7 @@ fn sweep_stale_dirs(base: &Path) {
     }
 }
 
-fn start() -> Result<Cluster, String> {
+fn start(older: Option<&'static str>) -> Result<Cluster, String> {
     let base = std::env::temp_dir();
     sweep_stale_dirs(&base);
     let nanos = std::time::SystemTime::now()
@@ -82,11 +95,8 @@ fn start() -> Result<Cluster, String> {
                 use std::os::unix::process::CommandExt;
                 let log = std::fs::File::create(&log_path).unwrap();
                 let mut cmd = Command::new("bash");
-                cmd.arg(&script)
-                    .arg(&dir)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(log);
+                cmd.arg(&script).arg(&dir).args(older);
+                cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
                 // SAFETY: prctl is async-signal-safe; it only sets this child's death signal.
                 unsafe {
                     cmd.pre_exec(|| {
@@ -131,15 +141,18 @@ fn start() -> Result<Cluster, String> {
     let port = server_url.rsplit(':').next().unwrap();
     let endpoint = Endpoint::from_parts("127.0.0.1", port).unwrap();
     let admin = Client::new(endpoint.clone(), &ServiceAccountDir::new(dir.join("admin")));
+    let mut build = match older {
+        None => Command::new(repo_root().join("tests/kube-env/build-bins.sh")),
+        Some(v) => {
+            let mut c = Command::new(repo_root().join("tests/kube-env/build-older.sh"));
+            c.arg(v);
+            c
+        }
+    };
     let bin_dir = PathBuf::from(
-        String::from_utf8(
-            Command::new(repo_root().join("tests/kube-env/build-bins.sh"))
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap()
-        .trim(),
+        String::from_utf8(build.output().unwrap().stdout)
+            .unwrap()
+            .trim(),
     );
     Ok(Cluster {
         dir,

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Starts a real control plane (etcd + kube-apiserver) on loopback, in the foreground until killed.
-#   start.sh DIR
+#   start.sh DIR            the newest Kubernetes we test (build-bins.sh)
+#   start.sh DIR v1.29      the oldest (build-older.sh v1.29)
 # Writes DIR/kubeconfig (admin, system:masters), DIR/ca.crt, DIR/admin/{token,ca.crt} (an admin
 # "service-account directory" for our own client), DIR/server-url, and DIR/ready when the API
 # server answers /readyz. Used by the Rust test harness (tests/common) and `./build.sh kube-env`.
 # Children die with this script (also on SIGKILL: setpriv --pdeathsig), so nothing is left behind.
 set -euo pipefail
 
-DIR="${1:?usage: start.sh DIR}"
+DIR="${1:?usage: start.sh DIR [v1.NN]}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-BIN="$("$HERE/build-bins.sh")"
+if [[ -n "${2:-}" ]]; then
+    BIN="$("$HERE/build-older.sh" "$2")"
+else
+    BIN="$("$HERE/build-bins.sh")"
+fi
 mkdir -p "$DIR"
 DIR="$(cd "$DIR" && pwd)"
 PKI="$DIR/pki"
