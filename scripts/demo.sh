@@ -69,9 +69,9 @@ printf 'EKS_ACTIVATION_ID=%s\nEKS_ACTIVATION_CODE=%s\nAWS_REGION=us-west-2\n' "$
     >"$WORK/manifests/activation.env"
 show "kubectl apply -k manifests/    (a copy, with the demo's activation.env)"
 k apply -k "$WORK/manifests/" | sed 's/^/    /'
-show "kubectl apply -k manifests/console-user/"
-k apply -k manifests/console-user/ | sed 's/^/    /'
-CONSOLE_USER="$(sed -n 's/^ *- \(arn:aws:[^ ]*\)$/\1/p' manifests/console-user/console-user.yaml | head -1)"
+show "kubectl apply -k manifests/console-user/minimal/"
+k apply -k manifests/console-user/minimal/ | sed 's/^/    /'
+CONSOLE_USER="$(sed -n 's/^ *- \(arn:aws:[^ ]*\)$/\1/p' manifests/console-user/impersonation/impersonation.yaml | head -1)"
 echo "    console user (may be impersonated): $CONSOLE_USER"
 
 STEP "The pod's projected service-account token (kubectl create token eks-connector)"

@@ -1,7 +1,7 @@
 //! The API proxy against the real kube-apiserver with real RBAC, driven the way the SSM agent
 //! drives it: real curl over the real unix socket (raw bytes where curl would normalise them).
 //!
-//! RBAC: the proxy's ServiceAccount gets what manifests/console-user/console-user.yaml and
+//! RBAC: the proxy's ServiceAccount gets what manifests/console-user/impersonation/ and
 //! manifests/base/rbac.yaml give it — `impersonate` on `users` limited by `resourceNames` to the
 //! test's ARNs, and `get` on `/version`. Those manifests are plain YAML (not JSON), so the
 //! equivalent rules are created here. The attack tests deliberately give the ServiceAccount MORE
