@@ -48,6 +48,8 @@ tolerations:
 terminationGracePeriodSeconds: 30
 podDisruptionBudget:
   enabled: true
+networkPolicy:
+  enabled: true
 {{- end -}}
 
 {{/* Sets each key of .src that .dst lacks, recursing into maps both have. */}}
