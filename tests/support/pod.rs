@@ -40,10 +40,36 @@ pub struct Rendered {
     pub role: Value,
 }
 
+/// A copy of manifests/ as an operator prepares it (README, Install): git ignores
+/// activation.env, so the example's placeholder activation stands in. Made once per process.
+fn prepared_manifests() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!(
+            "eks-connector-pod-manifests-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(common::repo_root().join("manifests"))
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "copy manifests/ to {}", dir.display());
+        std::fs::copy(
+            dir.join("activation.env.example"),
+            dir.join("activation.env"),
+        )
+        .unwrap();
+        dir
+    })
+}
+
 /// `kubectl kustomize manifests/` as JSON objects.
 pub fn render() -> Rendered {
     let cluster = common::cluster();
-    let root = common::repo_root().join("manifests");
+    let root = prepared_manifests();
     let yaml = cluster
         .kubectl()
         .args(["kustomize", root.to_str().unwrap()])
