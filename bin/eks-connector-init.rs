@@ -5,61 +5,103 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use eks_connector::cli::{self, Flags, Start};
+use eks_connector::cli::{self, Flag, Kind, Parsed, Program, MAX_DURATION};
 use eks_connector::init::{self, Config, EXIT_CONFIG, EXIT_INSTALL};
 use eks_connector::{kube, ssm, state};
 
 const PROGRAM: &str = "eks-connector-init";
 
-const FLAGS: &[(&str, &str)] = &[
-    (
-        "--activation.id ID",
+const TIMEOUT: Kind = Kind::Duration {
+    min: Duration::from_millis(100),
+    max: MAX_DURATION,
+};
+
+const FLAGS: &[Flag] = &[
+    Flag::new(
+        "--activation.id",
+        "ID",
+        Kind::Text { min: 36, max: 128 },
         "SSM activation id (or env EKS_ACTIVATION_ID)",
     ),
-    (
-        "--activation.code CODE",
+    Flag::new(
+        "--activation.code",
+        "CODE",
+        Kind::Text { min: 20, max: 128 },
         "SSM activation code (or env EKS_ACTIVATION_CODE, which keeps it out of the process list)",
-    ),
-    (
-        "--agent.region REGION",
+    )
+    .secret(),
+    Flag::new(
+        "--agent.region",
+        "REGION",
+        Kind::Check(check_region),
         "AWS region of the activation (or env AWS_REGION; default us-west-2)",
     ),
-    (
-        "--agent.endpoint URL",
+    Flag::new(
+        "--agent.endpoint",
+        "URL",
+        Kind::Check(check_endpoint),
         "SSM endpoint override, e.g. a VPC endpoint (https:// is added when missing)",
     ),
-    (
-        "--ssm.timeout DURATION",
-        "connect and read timeout of each SSM attempt (default 10s)",
-    ),
-    (
-        "--ssm.deadline DURATION",
-        "stop retrying the SSM registration after this long (default 2m)",
-    ),
-    (
-        "--kube.deadline DURATION",
-        "stop retrying state Secret reads/writes after this long (default 1m)",
-    ),
-    (
-        "--install-launcher DIR",
+    Flag::new(
+        "--ssm.timeout",
+        "DURATION",
+        TIMEOUT,
+        "connect and read timeout of each SSM attempt",
+    )
+    .default("10s"),
+    Flag::new(
+        "--ssm.deadline",
+        "DURATION",
+        TIMEOUT,
+        "stop retrying the SSM registration after this long",
+    )
+    .default("2m"),
+    Flag::new(
+        "--kube.deadline",
+        "DURATION",
+        TIMEOUT,
+        "stop retrying state Secret reads/writes after this long",
+    )
+    .default("1m"),
+    Flag::new(
+        "--install-launcher",
+        "DIR",
+        Kind::Path,
         "only copy eks-connector-agent (next to this binary) into DIR, mode 0755, and exit",
     ),
 ];
 
-fn about() -> String {
-    format!(
-        "Registers this replica with AWS SSM (or reuses its registration) and writes the SSM \
-         agent's Vault and the state Secret <prefix>-<ordinal of POD_NAME>.\n\
-         Environment: POD_NAME (required), EKS_ACTIVATION_ID, EKS_ACTIVATION_CODE, AWS_REGION, \
-         HTTPS_PROXY/NO_PROXY, AWS_CA_BUNDLE, AWS_USE_FIPS_ENDPOINT, AWS_USE_DUALSTACK_ENDPOINT, \
-         KUBERNETES_SERVICE_HOST/PORT.\n\n{}",
-        init::EXIT_CODES_HELP
-    )
+const ABOUT: &str = "Registers this replica with AWS SSM (or reuses its registration) and writes \
+the SSM agent's Vault and the state Secret <prefix>-<ordinal of POD_NAME>.\n\
+Environment: POD_NAME (required), EKS_ACTIVATION_ID, EKS_ACTIVATION_CODE, AWS_REGION, \
+HTTPS_PROXY/NO_PROXY, AWS_CA_BUNDLE, AWS_USE_FIPS_ENDPOINT, AWS_USE_DUALSTACK_ENDPOINT, \
+KUBERNETES_SERVICE_HOST/PORT.";
+
+fn check_region(v: &str) -> Result<(), String> {
+    let ok = v.len() <= 32
+        && v.starts_with(|c: char| c.is_ascii_lowercase())
+        && v.contains('-')
+        && !v.ends_with('-')
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    ok.then_some(())
+        .ok_or_else(|| "must be an AWS region name such as us-west-2".into())
 }
 
-fn usage_exit(e: cli::UsageError) -> ! {
-    eprintln!("{PROGRAM}: {e}");
-    std::process::exit(cli::EXIT_USAGE);
+fn check_endpoint(v: &str) -> Result<(), String> {
+    if v.len() > 2048 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must be a URL of at most 2048 characters without spaces".into());
+    }
+    let ep = ssm::endpoint::parse_url(v)?;
+    let host_ok = !ep.host.starts_with('-')
+        && ep.host.len() <= 253
+        && ep
+            .host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b));
+    host_ok
+        .then_some(())
+        .ok_or_else(|| "has no valid host name".into())
 }
 
 fn fail(code: i32, message: impl std::fmt::Display) -> ! {
@@ -67,98 +109,52 @@ fn fail(code: i32, message: impl std::fmt::Display) -> ! {
     std::process::exit(code);
 }
 
-/// A flag, else a non-empty environment variable.
-fn flag_or_env(flags: &mut Flags, flag: &'static str, env: &str) -> Option<String> {
-    flags
-        .string(flag)
-        .unwrap_or_else(|e| usage_exit(e))
-        .or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
-}
-
-fn trimmed(what: &str, v: String) -> String {
+/// A flag, else a non-empty environment variable; trimmed (a code pasted from a file or a
+/// Secret often carries a trailing newline; AWS ids and codes never contain whitespace).
+fn flag_or_env(p: &Parsed, flag: &str, env: &str, what: &str) -> Option<String> {
+    let v = p
+        .text(flag)
+        .or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))?;
     let t = v.trim();
     if t.len() != v.len() {
         log::warn!("the {what} has leading or trailing whitespace; using it without");
     }
-    t.to_string()
+    Some(t.to_string())
+}
+
+fn required(p: &Parsed, flag: &'static str, value: &str, env: &str) -> String {
+    flag_or_env(p, flag, env, flag).unwrap_or_else(|| {
+        cli::usage_exit(
+            PROGRAM,
+            cli::UsageError {
+                message: format!("{flag} is required (or set {env})"),
+                usage: format!("{PROGRAM} {flag} {value}"),
+            },
+        )
+    })
 }
 
 pub fn main() {
-    let args = std::env::args_os().skip(1).collect();
-    let about = about();
-    let lines = [FLAGS, &cli::STATE_FLAGS].concat();
-    let mut flags = match Flags::from_args(PROGRAM, &about, &lines, args) {
-        Start::Print(s) => {
-            println!("{s}");
-            return;
-        }
-        Start::Run(f) => f,
+    let program = Program {
+        name: PROGRAM,
+        about: ABOUT,
+        flags: &[FLAGS, &cli::STATE_FLAGS].concat(),
+        trailing: None,
     };
+    let p = cli::parse_or_exit(&program, std::env::args_os().skip(1).collect());
     cli::init_logging();
-
-    let string = |flags: &mut Flags, name| flags.string(name).unwrap_or_else(|e| usage_exit(e));
-    let duration = |flags: &mut Flags, name, default| {
-        flags
-            .duration(name)
-            .unwrap_or_else(|e| usage_exit(e))
-            .unwrap_or(default)
-    };
-
-    let install = string(&mut flags, "--install-launcher");
-    let activation_id = flag_or_env(&mut flags, "--activation.id", "EKS_ACTIVATION_ID");
-    let activation_code = flag_or_env(&mut flags, "--activation.code", "EKS_ACTIVATION_CODE");
-    let region = flag_or_env(&mut flags, "--agent.region", "AWS_REGION")
-        .unwrap_or_else(|| "us-west-2".into());
-    let endpoint = string(&mut flags, "--agent.endpoint");
-    let cli::StateFlags {
-        base_dir,
-        secret_prefix: prefix,
-        secret_namespace: namespace,
-        serviceaccount_dir: sa_dir,
-    } = cli::StateFlags::parse(&mut flags).unwrap_or_else(|e| usage_exit(e));
-    let ssm_timeout = duration(&mut flags, "--ssm.timeout", Duration::from_secs(10));
-    let ssm_deadline = duration(&mut flags, "--ssm.deadline", Duration::from_secs(120));
-    let kube_deadline = duration(&mut flags, "--kube.deadline", Duration::from_secs(60));
-    let rest = flags.finish().unwrap_or_else(|e| usage_exit(e));
-    if let Some(word) = rest.first() {
-        usage_exit(cli::UsageError {
-            message: format!("unexpected argument {word:?}"),
-            usage: format!("{PROGRAM} --help"),
-        });
-    }
-
-    if let Some(dir) = install {
+    if let Some(dir) = p.text("--install-launcher") {
         match init::install_launcher(&PathBuf::from(&dir)) {
-            Ok(path) => {
-                log::info!("launcher installed at {}", path.display());
-                return;
-            }
+            Ok(path) => return log::info!("launcher installed at {}", path.display()),
             Err(e) => fail(EXIT_INSTALL, e),
         }
     }
-
-    let missing = |flag: &str, env: &str, line: &str| -> ! {
-        usage_exit(cli::UsageError {
-            message: format!("{flag} is required (or set {env})"),
-            usage: format!("{PROGRAM} {line}"),
-        })
-    };
-    let Some(activation_id) = activation_id else {
-        missing("--activation.id", "EKS_ACTIVATION_ID", "--activation.id ID")
-    };
-    let Some(activation_code) = activation_code else {
-        missing(
-            "--activation.code",
-            "EKS_ACTIVATION_CODE",
-            "--activation.code CODE",
-        )
-    };
-    // A code pasted from a file or a Secret often carries a trailing newline; AWS ids and codes
-    // never contain whitespace.
-    let (activation_id, activation_code) = (
-        trimmed("activation id", activation_id),
-        trimmed("activation code", activation_code),
-    );
+    let activation_id = required(&p, "--activation.id", "ID", "EKS_ACTIVATION_ID");
+    let activation_code = required(&p, "--activation.code", "CODE", "EKS_ACTIVATION_CODE");
+    let region = flag_or_env(&p, "--agent.region", "AWS_REGION", "region")
+        .unwrap_or_else(|| "us-west-2".into());
+    let endpoint = p.text("--agent.endpoint");
+    let st = cli::StateFlags::from(&p);
     let ordinal = cli::ordinal_from_pod_name(std::env::var("POD_NAME").ok().as_deref())
         .unwrap_or_else(|e| fail(EXIT_CONFIG, e));
     let (ssm_endpoint, warnings) =
@@ -169,33 +165,33 @@ pub fn main() {
                 } else {
                     "--agent.region REGION"
                 };
-                usage_exit(cli::UsageError {
-                    message: e,
-                    usage: format!("{PROGRAM} {flag}"),
-                })
+                let usage = format!("{PROGRAM} {flag}");
+                cli::usage_exit(PROGRAM, cli::UsageError { message: e, usage })
             });
-    for w in warnings {
-        log::warn!("{w}");
-    }
-    let kube = kube::Client::in_cluster(std::path::Path::new(&sa_dir))
+    warnings.iter().for_each(|w| log::warn!("{w}"));
+    let kube = kube::Client::in_cluster(std::path::Path::new(&st.serviceaccount_dir))
         .unwrap_or_else(|e| fail(EXIT_CONFIG, e));
     let cfg = Config {
         activation_id,
         activation_code,
         region,
-        base_dir: PathBuf::from(base_dir),
-        namespace,
-        secret_name: state::secret_name(&prefix, &ordinal),
-        kube_deadline,
+        base_dir: PathBuf::from(st.base_dir),
+        namespace: st.secret_namespace,
+        secret_name: state::secret_name(&st.secret_prefix, &ordinal),
+        kube_deadline: p
+            .duration("--kube.deadline")
+            .unwrap_or(Duration::from_secs(60)),
     };
-    let make_ssm = Box::new(move || {
-        let opts = ssm::Options {
-            timeout: ssm_timeout,
-            deadline: ssm_deadline,
-            ..ssm::Options::from_env()
-        };
-        ssm::Client::new(ssm_endpoint, opts)
-    });
+    let opts = ssm::Options {
+        timeout: p
+            .duration("--ssm.timeout")
+            .unwrap_or(Duration::from_secs(10)),
+        deadline: p
+            .duration("--ssm.deadline")
+            .unwrap_or(Duration::from_secs(120)),
+        ..ssm::Options::from_env()
+    };
+    let make_ssm = Box::new(move || ssm::Client::new(ssm_endpoint, opts));
     match init::run(&cfg, &kube, make_ssm) {
         Ok(outcome) => log::info!("done: {outcome:?}"),
         Err(e) => fail(e.exit_code(), e),

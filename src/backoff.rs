@@ -1,7 +1,15 @@
 //! Exponential backoff with full jitter, shared by every retry loop (SSM registration, Secret
 //! writes, the launcher's key sync).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// `now + d`, saturating at about a century instead of panicking on overflow: a huge duration
+/// flag must mean "a very long time", never a crash.
+pub fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(d.min(CENTURY)).unwrap_or(now)
+}
 
 /// Delays that double from `initial` up to `max`, each drawn uniformly from [d/2, d] so that
 /// replicas restarted together do not retry in lockstep.
@@ -69,5 +77,11 @@ mod tests {
             assert!(d <= Duration::from_millis(base), "{d:?} > {base}");
         }
         assert_eq!(b.attempts(), 6);
+    }
+
+    #[test]
+    fn deadlines_saturate_instead_of_overflowing() {
+        assert!(deadline_after(Duration::MAX) > Instant::now() + Duration::from_secs(3600));
+        assert!(deadline_after(Duration::ZERO) <= Instant::now());
     }
 }

@@ -1,17 +1,21 @@
 //! EKS Connector: registers a Kubernetes cluster with AWS Systems Manager, launches and guards the
 //! SSM agent, and proxies the EKS console's Kubernetes API requests with impersonation.
 //!
-//! Synchronous, thread-per-connection code; one module per domain:
-//! - [`init`]: the init container (register with SSM or reuse, Vault first, then the Secret);
-//! - [`launcher`]: PID 1 in the SSM agent's container;
-//! - [`keysync`]: copies every key the agent rotates into the state Secret (run by the launcher);
-//! - [`proxy`]: the fail-closed, streaming, pooled Kubernetes API proxy;
-//! - [`ssm`]: the one AWS call, `RegisterManagedInstance`, with endpoints and the HTTPS_PROXY egress ([`ssm::egress`]);
-//! - [`state`]: the SSM agent's Vault files and the state Secret, byte for byte;
-//! - [`kube`]: the Kubernetes REST client (Secrets, `Status` errors, in-cluster config);
+//! Each binary's path through the modules (`bin/` holds thin mains: flags through [`cli`]):
+//! - `eks-connector-init`: [`cli`] → [`init`] (reads the Secret through [`state::StateStore`] and
+//!   the Vault through [`state`], decides with [`init::plan::decide`]) → [`ssm`] (register, via
+//!   [`ssm::egress`]) → [`state`] (Vault files, then the Secret through the store) → [`kube`].
+//! - `eks-connector-agent` (the launcher): [`cli`] → [`launcher`] (checks the Vault, PID 1 in
+//!   [`launcher::pid1`] with [`signals`]) and [`keysync`] (Vault → [`state::StateStore`] →
+//!   [`kube`]), readiness on [`health`].
+//! - `eks-connector-proxy` (the original's `server`): [`cli`] → [`proxy`] (listener, [`http`]
+//!   framing, identity policy, upstream pool over [`tls`]), readiness on [`health`].
+//! - `eks-connector`: the image's multi-call entry; runs one of the three by name or first word.
 //!
-//! and the plumbing they share: [`tls`], [`cli`], [`backoff`], [`signals`], [`health`],
-//! [`watched_file`], [`random`], [`utc`].
+//! One module per domain: [`init`], [`launcher`], [`keysync`], [`proxy`], [`ssm`] (the one AWS
+//! call), [`state`] (Vault files and the state Secret, byte for byte, and their one store),
+//! [`kube`] (Kubernetes REST client); and the plumbing they share: [`tls`], [`cli`], [`backoff`],
+//! [`signals`], [`health`], [`http`], [`watched_file`], [`random`], [`utc`].
 
 pub mod backoff;
 pub mod cli;

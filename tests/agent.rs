@@ -86,6 +86,7 @@ fn setup(tag: &str) -> Setup {
     std::fs::create_dir_all(&fake).unwrap();
     let initial = registration("mi-0123456789abcdef0");
     state::write_vault(&vault, &initial).unwrap();
+    state::write_vault_activation(&vault, ACTIVATION).unwrap();
     let secret = state::new_state_secret(&ns.name, SECRET, &initial, ACTIVATION);
     common::cluster().admin().create_secret(&secret).unwrap();
     Setup {
@@ -129,6 +130,13 @@ impl Launcher {
         Launcher::start_under(&[], s, agent_args, env)
     }
 
+    /// With extra launcher flags (before `--`).
+    fn start_with_flags(s: &Setup, flags: &[&str], agent_args: &[&str]) -> Launcher {
+        let env = [("LAUNCHER_TEST_FLAGS", flags.join("\n"))];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Launcher::start_under(&[], s, agent_args, &env)
+    }
+
     /// Runs the launcher as PID 1 of a new pid namespace (with its own /proc), as in a
     /// container: `pid()` is then `unshare`'s, and [`Launcher::host_pid`] the launcher's.
     fn start_as_pid1(s: &Setup, agent_args: &[&str], env: &[(&str, &str)]) -> Launcher {
@@ -166,6 +174,11 @@ impl Launcher {
             .arg("--serviceaccount.dir")
             .arg(&s.ns.sa_dir)
             .arg(format!("--health.addr=127.0.0.1:{health}"))
+            .args(
+                env.iter()
+                    .filter(|(k, _)| *k == "LAUNCHER_TEST_FLAGS")
+                    .flat_map(|(_, v)| v.split('\n').filter(|f| !f.is_empty())),
+            )
             .arg("--")
             .arg("/bin/sh")
             .arg(fake_agent())
@@ -538,11 +551,111 @@ fn a_deleted_secret_is_recreated_with_the_rotated_key() {
     .unwrap_or_else(|| panic!("the Secret was not re-created; log:\n{}", l.log()));
     assert_eq!(secret.data["manifest"], s.initial.manifest());
     assert_eq!(secret.data["fingerprint"], s.initial.fingerprint());
-    // The activation is unknown to the launcher: the next init reuses the state with a warning.
-    assert!(!secret.data.contains_key("connector-config"));
+    // Re-created with every key the Secret must hold: the activation from the Vault's marker,
+    // so the next init still checks it (issue 14, 2).
+    assert_eq!(
+        secret.data.get("connector-config"),
+        Some(&state::connector_config(ACTIVATION)),
+        "{}",
+        l.log()
+    );
     assert_eq!(secret.type_, "Opaque");
     assert_eq!(secret.labels.get("name").map(String::as_str), Some(SECRET));
     l.wait_ready();
+}
+
+/// Issue 14, 3: the Secret is read again on a slow period, so a deleted or edited Secret is
+/// noticed (log and `/readyz`) and repaired without any change in the Vault.
+#[test]
+fn a_deleted_or_edited_secret_is_noticed_and_repaired_by_the_periodic_recheck() {
+    let s = setup("recheck");
+    let l = Launcher::start_with_flags(&s, &["--keysync.recheck=1s"], &[]);
+    l.wait_ready();
+    let admin = common::cluster().admin();
+    admin.delete_secret(&s.ns.name, SECRET).unwrap();
+    let back = wait_for(Duration::from_secs(20), || {
+        let sec = admin.get_secret(&s.ns.name, SECRET).ok()?;
+        (sec.data.get("regkey").map(Vec::as_slice) == Some(s.initial.regkey())).then_some(sec)
+    })
+    .unwrap_or_else(|| panic!("the deleted Secret was not re-created; log:\n{}", l.log()));
+    assert_eq!(
+        back.data.get("connector-config"),
+        Some(&state::connector_config(ACTIVATION))
+    );
+    assert!(l.log().contains("drift"), "no drift logged:\n{}", l.log());
+    // Edited behind our back: the Vault's bytes are put back.
+    let mut edited = back;
+    edited
+        .data
+        .insert("regkey".into(), registration("mi-1").regkey().to_vec());
+    admin
+        .update_secret(&edited, eks_connector::kube::OnConflict::Fail)
+        .unwrap();
+    wait_for(Duration::from_secs(20), || {
+        (secret_data(&s.ns)["regkey"] == s.initial.regkey()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the edited Secret was not repaired; log:\n{}", l.log()));
+    l.wait_ready();
+}
+
+/// Also (issue 14): a Vault file of 100 MiB, of random bytes, or of valid JSON with every field
+/// of the wrong type: one clear line, no agent started, the Secret as it was.
+#[test]
+fn a_huge_random_or_mistyped_vault_file_is_one_clear_error_and_the_secret_is_kept() {
+    let s = setup("badvault");
+    let before = common::cluster()
+        .admin()
+        .get_secret(&s.ns.name, SECRET)
+        .unwrap();
+    let mut random = vec![0u8; 4096];
+    eks_connector::random::fill(&mut random).unwrap();
+    let huge = {
+        let mut v = s.initial.regkey().to_vec();
+        v.resize(100 << 20, b' ');
+        v
+    };
+    let wrong = br#"{"instanceID":5,"region":["us"],"privateKey":{"k":1}}"#.to_vec();
+    for (what, bytes) in [("huge", huge), ("random", random), ("wrong types", wrong)] {
+        std::fs::write(s.vault.join("Store/RegistrationKey"), &bytes).unwrap();
+        let mut l = Launcher::start(&s, &[], &[]);
+        let st = l.wait_exit(Duration::from_secs(20));
+        let log = l.log();
+        assert_eq!(st.code(), Some(24), "{what}: {st:?}\n{log}");
+        let errors: Vec<&str> = log.lines().filter(|x| x.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{what}: want one error line:\n{log}");
+        assert!(
+            errors[0].contains("RegistrationKey"),
+            "{what}: {}",
+            errors[0]
+        );
+        assert!(
+            !s.fake.join("agent.pid").exists(),
+            "{what}: the agent was started"
+        );
+        let after = common::cluster()
+            .admin()
+            .get_secret(&s.ns.name, SECRET)
+            .unwrap();
+        assert_eq!(after.resource_version, before.resource_version, "{what}");
+    }
+}
+
+/// Issue 14, 6: processes the agent left behind get one SIGTERM, then SIGKILL at the end of the
+/// grace period, not a SIGTERM every few milliseconds.
+#[test]
+fn descendants_get_one_sigterm_then_sigkill() {
+    let s = setup("onesigterm");
+    let mut l = Launcher::start(&s, &["stubborn-exit"], &[]);
+    let st = l.wait_exit(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(7), "{st:?}; log:\n{}", l.log());
+    let g: i32 = std::fs::read_to_string(s.fake.join("grandchild.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(stat_of(g).is_none(), "grandchild {g} survived the launcher");
+    let got = std::fs::read_to_string(s.fake.join("grandchild.signals")).unwrap_or_default();
+    assert_eq!(got.lines().count(), 1, "SIGTERMs received: {got:?}");
 }
 
 #[test]
@@ -569,7 +682,7 @@ fn usage_and_environment_errors_start_no_agent() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--health.addr"));
     let out = run(&[], None);
-    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("POD_NAME") && err.contains("not started"),
@@ -581,7 +694,7 @@ fn usage_and_environment_errors_start_no_agent() {
         .env_remove("POD_NAME")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(!fake.join("agent.pid").exists(), "the agent was started");
     std::fs::remove_dir_all(&work).unwrap();
 }
@@ -759,7 +872,7 @@ fn a_vault_not_initialised_is_a_clear_error_and_no_agent_is_started() {
     // Empty Vault: the init container never ran.
     let out = run(&vault);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(out.status.code(), Some(24), "{err}");
     assert!(err.contains("holds no registration"), "{err}");
     assert!(err.contains("init container"), "{err}");
     assert!(err.contains("was not started"), "{err}");
@@ -770,7 +883,7 @@ fn a_vault_not_initialised_is_a_clear_error_and_no_agent_is_started() {
     std::fs::write(vault.join("Store/RegistrationKey"), &reg.regkey()[..100]).unwrap();
     let out = run(&vault);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(out.status.code(), Some(24), "{err}");
     assert!(err.contains("RegistrationKey"), "{err}");
     assert!(err.contains("init container"), "{err}");
     assert!(!fake.join("agent.pid").exists(), "the agent was started");

@@ -317,6 +317,85 @@ fn very_old_state_without_activation_id_is_reused_with_a_warning() {
     );
 }
 
+/// Issue 14, 2: a Secret that lost `connector-config` (re-created by an older key sync) is not
+/// read as "old state, reuse": the Vault's activation marker says which activation it is, so a
+/// new activation still registers again.
+#[test]
+fn a_secret_without_connector_config_is_checked_against_the_vaults_marker() {
+    let env = setup("nomarker", true);
+    ok(env.cmd());
+    let first = env.stub.registrations()[0].instance_id.clone().unwrap();
+    let mut s = env.secret().unwrap();
+    s.data.remove("connector-config");
+    common::cluster()
+        .admin()
+        .update_secret(&s, eks_connector::kube::OnConflict::Fail)
+        .unwrap();
+    env.stub.expect_activation(ACT_ID_2, ACT_CODE_2);
+    let mut c = env.cmd();
+    c.env("EKS_ACTIVATION_ID", ACT_ID_2)
+        .env("EKS_ACTIVATION_CODE", ACT_CODE_2);
+    let r = ok(c);
+    let regs = env.stub.registrations();
+    assert_eq!(
+        regs.len(),
+        2,
+        "reused instead of registering:\n{}",
+        r.stderr
+    );
+    assert_ne!(regs[1].instance_id.clone().unwrap(), first);
+    assert_eq!(
+        env.secret().unwrap().data["connector-config"],
+        format!("{{\"activationId\":\"{ACT_ID_2}\"}}").into_bytes()
+    );
+}
+
+/// Also (issue 14): a Secret of random bytes, or of valid JSON with every field of the wrong
+/// type, gets one clear line and is left as it was; the Vault is not touched.
+#[test]
+fn a_secret_of_random_bytes_or_wrong_types_is_refused_and_left_untouched() {
+    let env = setup("badtypes", true);
+    let mut random = vec![0u8; 4096];
+    eks_connector::random::fill(&mut random).unwrap();
+    let wrong = br#"{"instanceID":5,"region":["us"],"privateKey":{"k":1},"privateKeyType":true}"#;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let wrong_manifest = br#"{"InstanceFingerprint":1,"RegistrationKey":[]}"#;
+    let cases = [
+        (random.as_slice(), random.as_slice()),
+        (wrong_manifest.as_slice(), wrong.as_slice()),
+    ];
+    for (i, (manifest, regkey)) in cases.into_iter().enumerate() {
+        let name = format!("eks-connector-state-{i}");
+        env.put_secret(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "labels": {"name": name}},
+            "type": "Opaque",
+            "data": {
+                "manifest": b64(manifest),
+                "regkey": b64(regkey),
+                "fingerprint": b64(&random[..100]),
+                "connector-config": b64(br#"{"activationId":7}"#),
+            }
+        }));
+        let before = common::cluster()
+            .admin()
+            .get_secret(&env.ns.name, &name)
+            .unwrap();
+        let mut c = env.cmd();
+        c.env("POD_NAME", format!("eks-connector-{i}"));
+        let r = run(c);
+        r.expect_error(21, &["refusing to touch it"]);
+        let after = common::cluster()
+            .admin()
+            .get_secret(&env.ns.name, &name)
+            .unwrap();
+        assert_eq!(after.resource_version, before.resource_version);
+        assert_eq!(after.data, before.data);
+    }
+    assert!(env.stub.requests().is_empty());
+    assert!(!env.vault.join("Store/RegistrationKey").exists());
+}
+
 #[test]
 fn a_new_activation_id_registers_again() {
     let env = setup("reactivate", true);

@@ -32,10 +32,13 @@ use std::time::{Duration, Instant};
 
 use settle::{read_file, stamp, Settler, Snapshot, Stamp};
 
-use crate::backoff::Backoff;
+use crate::backoff::{deadline_after, Backoff};
 use crate::health::ReadyCheck;
-use crate::kube::{Client, Endpoint, KubeError, OnConflict, Secret, ServiceAccountDir};
-use crate::state::{Registration, FINGERPRINT_FILE, MANIFEST_FILE, REGKEY_FILE};
+use crate::kube::{Client, Endpoint, Secret, ServiceAccountDir};
+use crate::state::{
+    self, Activation, Registration, Saved, StateStore, StoreError, Write, FINGERPRINT_FILE,
+    MANIFEST_FILE, REGKEY_FILE,
+};
 
 /// How often the Vault files are checked.
 pub const POLL: Duration = Duration::from_millis(200);
@@ -44,8 +47,11 @@ pub const QUIET: Duration = Duration::from_millis(400);
 /// Backoff bounds for failed Secret updates.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
-/// Conflicts retried at once (re-reading the Secret) before counting as a failure.
-const CONFLICT_RETRIES: u32 = 5;
+/// How long one save may retry conflicts and transient errors before it counts as a failure
+/// (and is tried again after the backoff: the sync never gives up).
+const ATTEMPT_WINDOW: Duration = Duration::from_secs(10);
+/// Default period of the Secret's re-read (drift: deleted or edited behind our back).
+pub const DEFAULT_RECHECK: Duration = Duration::from_secs(120);
 /// A changed file that has not settled into a complete registration for this long is logged.
 const INCOMPLETE_WARN: Duration = Duration::from_secs(10);
 
@@ -60,6 +66,8 @@ pub struct Config {
     /// with its TLS state and buffers would otherwise sit in the launcher's memory for good.
     pub endpoint: Endpoint,
     pub serviceaccount: ServiceAccountDir,
+    /// How often the Secret is read again while in sync, to notice drift.
+    pub recheck: Duration,
 }
 
 /// Where the sync stands, for `/readyz` and the final flush.
@@ -193,6 +201,7 @@ struct Worker {
     incomplete_since: Option<Instant>,
     incomplete_warned: bool,
     last_incomplete: Option<String>,
+    next_recheck: Instant,
 }
 
 impl Worker {
@@ -202,7 +211,9 @@ impl Worker {
             config.base_dir.join(REGKEY_FILE),
             config.base_dir.join(FINGERPRINT_FILE),
         ];
+        let next_recheck = deadline_after(config.recheck);
         Worker {
+            next_recheck,
             config,
             shared,
             paths,
@@ -262,6 +273,7 @@ impl Worker {
             let now = Instant::now();
             self.watch_tick(now);
             self.warn_if_stuck(now);
+            self.maybe_recheck(now);
             self.maybe_push();
             let g = lock(&self.shared);
             if !g.stop {
@@ -378,7 +390,7 @@ impl Worker {
                 log::info!(
                     "Secret {} {} (instance {}){after}",
                     self.secret_ref(),
-                    what.describe(),
+                    describe(what),
                     target.instance_id(),
                 );
                 self.saved = Some(target);
@@ -406,49 +418,79 @@ impl Worker {
         }
     }
 
-    /// Reads the Secret, sets the three file keys (keeping `connector-config` and any other key),
-    /// and writes it if anything differs. Conflicts re-read and retry at once.
-    fn push(&self, reg: &Registration) -> Result<Pushed, KubeError> {
+    /// A client for one attempt (see [`Config::endpoint`]).
+    fn client(&self) -> Client {
+        Client::new(self.config.endpoint.clone(), &self.config.serviceaccount)
+    }
+
+    /// What `connector-config` must say when the Secret lacks it: the Vault's activation marker.
+    fn activation(&self) -> Option<String> {
+        state::read_vault_activation(&self.config.base_dir)
+    }
+
+    /// Reads the Secret and saves the registration into it through the state store (which
+    /// keeps every other key, and re-reads on conflicts).
+    fn push(&self, reg: &Registration) -> Result<Saved, StoreError> {
+        let client = self.client();
         let (ns, name) = (&self.config.namespace, &self.config.secret_name);
-        let client = Client::new(self.config.endpoint.clone(), &self.config.serviceaccount);
-        let mut last = None;
-        for _ in 0..CONFLICT_RETRIES {
-            let result = match client.get_secret(ns, name) {
-                Ok(mut secret) => {
-                    let mut data = secret.data.clone();
-                    reg.apply_to(&mut data);
-                    if data == secret.data {
-                        return Ok(Pushed::AlreadyEqual);
-                    }
-                    secret.data = data;
-                    client
-                        .update_secret(&secret, OnConflict::Fail)
-                        .map(|_| Pushed::Updated)
-                }
-                Err(KubeError::NotFound { .. }) => {
-                    // Deleted behind our back: re-create it so the key is not lost. Without
-                    // `connector-config` the next init reuses it with a warning.
-                    log::warn!(
-                        "Secret {}/{} is gone; re-creating it from the Vault",
-                        ns,
-                        name
-                    );
-                    let mut secret = Secret::new(ns, name);
-                    secret.labels.insert("name".into(), name.clone());
-                    reg.apply_to(&mut secret.data);
-                    client.create_secret(&secret).map(|_| Pushed::Created)
-                }
-                Err(e) => Err(e),
-            };
-            match result {
-                Err(e @ KubeError::Conflict { .. }) => {
-                    log::debug!("conflict on Secret {ns}/{name}, re-reading: {e}");
-                    last = Some(e);
-                }
-                other => return other,
-            }
+        let store = StateStore::new(&client, ns, name);
+        let deadline = deadline_after(ATTEMPT_WINDOW);
+        let current = store.load(deadline)?;
+        if current.is_none() {
+            log::warn!("Secret {ns}/{name} is gone; re-creating it from the Vault");
         }
-        Err(last.unwrap_or_else(|| KubeError::Config("internal: no attempt made".into())))
+        let activation = self.activation();
+        let fallback = Activation::Keep {
+            fallback: activation.as_deref(),
+        };
+        store.save(current, reg, fallback, deadline)
+    }
+
+    /// On a slow period while in sync: read the Secret again, and if it no longer holds what was
+    /// saved (deleted, edited), say so in the log and `/readyz`, and save it again at once.
+    fn maybe_recheck(&mut self, now: Instant) {
+        if now < self.next_recheck || self.pending() {
+            return;
+        }
+        self.next_recheck = deadline_after(self.config.recheck);
+        let Some(saved) = self.saved.clone() else {
+            return;
+        };
+        let client = self.client();
+        let (ns, name) = (&self.config.namespace, &self.config.secret_name);
+        let current = match StateStore::new(&client, ns, name).load(deadline_after(ATTEMPT_WINDOW))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("cannot re-read Secret {}: {e}", self.secret_ref());
+                log::error!("{why}; trying again in {}s", self.config.recheck.as_secs());
+                self.set_status(Status::Pending(why));
+                return;
+            }
+        };
+        let activation = self.activation();
+        let keep = Activation::Keep {
+            fallback: activation.as_deref(),
+        };
+        if merge_is_unchanged(current.as_ref(), ns, name, &saved, keep) {
+            self.update_status();
+            return;
+        }
+        let what = if current.is_none() {
+            "is gone"
+        } else {
+            "was changed"
+        };
+        let why = format!(
+            "drift: Secret {} {what} and no longer holds the Vault's registration (instance {}); \
+             saving it again",
+            self.secret_ref(),
+            saved.instance_id()
+        );
+        log::warn!("{why}");
+        self.set_status(Status::Pending(why));
+        self.saved = None;
+        self.next_attempt = now;
     }
 
     /// The agent has exited: nothing writes the Vault any more, so one look (no quiet period)
@@ -481,19 +523,21 @@ impl Worker {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pushed {
-    AlreadyEqual,
-    Updated,
-    Created,
+fn describe(saved: Saved) -> &'static str {
+    match saved {
+        Saved::Unchanged => "already holds the Vault's registration",
+        Saved::Updated => "updated from the Vault",
+        Saved::Created => "re-created from the Vault",
+    }
 }
 
-impl Pushed {
-    fn describe(self) -> &'static str {
-        match self {
-            Pushed::AlreadyEqual => "already holds the Vault's registration",
-            Pushed::Updated => "updated from the Vault",
-            Pushed::Created => "re-created from the Vault",
-        }
-    }
+/// Whether `current` already holds `reg` exactly as the store would write it.
+fn merge_is_unchanged(
+    current: Option<&Secret>,
+    namespace: &str,
+    name: &str,
+    reg: &Registration,
+    activation: Activation<'_>,
+) -> bool {
+    current.is_some() && state::merge(current, namespace, name, reg, activation) == Write::Unchanged
 }

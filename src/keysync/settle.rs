@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Largest Vault file we read; real ones are under 2 KiB.
-const MAX_FILE: u64 = 1 << 20;
+const MAX_FILE: u64 = crate::state::MAX_ITEM as u64 + 1;
 
 /// Identity and shape of one file at one moment; `None` when absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

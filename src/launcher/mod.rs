@@ -24,9 +24,10 @@ pub use pid1::block_signals;
 /// The SSM agent in its own image.
 pub const DEFAULT_AGENT_COMMAND: &str = "/usr/bin/amazon-ssm-agent";
 
-/// Exit codes of the launcher itself (otherwise it exits with the agent's code).
-pub const EXIT_NOT_INITIALISED: i32 = 3;
-pub const EXIT_CONFIG: i32 = 4;
+/// Exit codes of the launcher itself (otherwise it exits with the agent's code); the table for
+/// all programs is [`crate::cli::EXIT_CODES`].
+pub const EXIT_NOT_INITIALISED: i32 = 24;
+pub const EXIT_CONFIG: i32 = 3;
 pub const EXIT_INTERNAL: i32 = 1;
 /// As shells do: the command could not be executed / was not found.
 pub const EXIT_CANNOT_EXEC: i32 = 126;
@@ -52,6 +53,8 @@ pub struct Config {
     pub command: Vec<String>,
     /// The API server; `None`: from `KUBERNETES_SERVICE_HOST`/`_PORT`.
     pub endpoint: Option<Endpoint>,
+    /// How often the key sync reads the Secret again (drift).
+    pub recheck: Duration,
 }
 
 #[derive(Debug)]
@@ -138,6 +141,7 @@ pub fn run(config: Config, blocked: &Blocked) -> Result<i32, LauncherError> {
         secret_name: config.secret_name.clone(),
         endpoint,
         serviceaccount: ServiceAccountDir::new(&config.serviceaccount_dir),
+        recheck: config.recheck,
     })
     .map_err(|e| LauncherError::Internal(format!("cannot start the key-sync thread: {e}")))?;
     if let Some(addr) = &config.health_addr {

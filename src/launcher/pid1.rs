@@ -210,6 +210,9 @@ pub fn finish_descendants(blocked: &Blocked, grace: Duration) {
         );
     }
     let mut signal = SIGTERM;
+    // Each process gets one SIGTERM (a second one often means "stop now"), then SIGKILL once
+    // the grace period is over.
+    let mut signalled = std::collections::HashSet::new();
     let start = Instant::now();
     // Bounded: each round signals the current children; a killed child's own children are
     // re-parented to us and caught by the next round.
@@ -221,10 +224,11 @@ pub fn finish_descendants(blocked: &Blocked, grace: Duration) {
         }
         if signal == SIGTERM && start.elapsed() >= grace {
             signal = SIGKILL;
+            signalled.clear();
             log::warn!("descendants still running after {grace:?}; sending SIGKILL");
         }
         for (pid, state) in kids {
-            if state != 'Z' {
+            if state != 'Z' && signalled.insert(pid) {
                 // SAFETY: the pid is our unreaped child, so it cannot have been reused.
                 unsafe { libc::kill(pid, signal) };
             }

@@ -422,70 +422,15 @@ impl Client {
         let error_type = header("x-amzn-ErrorType");
         let bytes = match resp.into_body().with_config().limit(MAX_BODY).read_to_vec() {
             Ok(b) => b,
+            Err(ureq::Error::BodyExceedsLimit(_)) => {
+                return Err(Failure::Fatal(SsmError::BadResponse {
+                    detail: format!("HTTP {status} body larger than {MAX_BODY} bytes"),
+                    request_id,
+                }))
+            }
             Err(e) => return Err(self.classify(e)),
         };
-        if (200..300).contains(&status) {
-            let s: Success = serde_json::from_slice(&bytes).map_err(|e| {
-                Failure::Fatal(SsmError::BadResponse {
-                    detail: format!("HTTP {status} body is not the expected JSON: {e}"),
-                    request_id: request_id.clone(),
-                })
-            })?;
-            if s.instance_id.is_empty() {
-                return Err(Failure::Fatal(SsmError::BadResponse {
-                    detail: format!("HTTP {status} without an InstanceId"),
-                    request_id,
-                }));
-            }
-            return Ok(Registered {
-                instance_id: s.instance_id,
-                request_id,
-            });
-        }
-        let eb: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
-        let raw_type = if eb.type_.is_empty() {
-            error_type.split(':').next().unwrap_or("").to_string()
-        } else {
-            eb.type_
-        };
-        let code = raw_type.rsplit('#').next().unwrap_or("").trim().to_string();
-        let message = eb.message.or(eb.message_upper).unwrap_or_else(|| {
-            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-                .trim()
-                .to_string()
-        });
-        let retry_status = matches!(status, 429 | 500 | 502 | 503 | 504);
-        if retry_status || THROTTLING.contains(&code.as_str()) {
-            let code_text = if code.is_empty() {
-                "no error code".to_string()
-            } else {
-                code
-            };
-            return Err(Failure::Retry {
-                cause: format!("HTTP {status} {code_text}: {message}{}", rid(&request_id)),
-                dns: false,
-            });
-        }
-        Err(Failure::Fatal(match code.as_str() {
-            "InvalidActivation" => SsmError::InvalidActivation {
-                message,
-                request_id,
-            },
-            "ActivationExpired" => SsmError::ActivationExpired {
-                message,
-                request_id,
-            },
-            _ => SsmError::Rejected {
-                status,
-                code: if code.is_empty() {
-                    "(no error code)".into()
-                } else {
-                    code
-                },
-                message,
-                request_id,
-            },
-        }))
+        interpret(status, &bytes, request_id, &error_type)
     }
 
     fn classify(&self, e: ureq::Error) -> Failure {
@@ -547,9 +492,119 @@ impl Client {
     }
 }
 
+/// What an answer means: the registration, a failure to retry, or a final one. Pure, so the
+/// odd answers (random bytes, wrong types) are unit-tested; every message is one line.
+fn interpret(
+    status: u16,
+    bytes: &[u8],
+    request_id: String,
+    error_type: &str,
+) -> Result<Registered, Failure> {
+    if (200..300).contains(&status) {
+        return success(status, bytes, request_id);
+    }
+    let eb: ErrorBody = serde_json::from_slice(bytes).unwrap_or_default();
+    let raw_type = if eb.type_.is_empty() {
+        error_type.split(':').next().unwrap_or("").to_string()
+    } else {
+        eb.type_
+    };
+    let code = raw_type.rsplit('#').next().unwrap_or("").trim().to_string();
+    let message =
+        one_line(&eb.message.or(eb.message_upper).unwrap_or_else(|| {
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
+        }));
+    let retry_status = matches!(status, 429 | 500 | 502 | 503 | 504);
+    if retry_status || THROTTLING.contains(&code.as_str()) {
+        let code_text = if code.is_empty() {
+            "no error code".to_string()
+        } else {
+            code
+        };
+        return Err(Failure::Retry {
+            cause: format!("HTTP {status} {code_text}: {message}{}", rid(&request_id)),
+            dns: false,
+        });
+    }
+    Err(Failure::Fatal(match code.as_str() {
+        "InvalidActivation" => SsmError::InvalidActivation {
+            message,
+            request_id,
+        },
+        "ActivationExpired" => SsmError::ActivationExpired {
+            message,
+            request_id,
+        },
+        _ => SsmError::Rejected {
+            status,
+            code: if code.is_empty() {
+                "(no error code)".into()
+            } else {
+                code
+            },
+            message,
+            request_id,
+        },
+    }))
+}
+
+fn success(status: u16, bytes: &[u8], request_id: String) -> Result<Registered, Failure> {
+    let s: Success = serde_json::from_slice(bytes).map_err(|e| {
+        Failure::Fatal(SsmError::BadResponse {
+            detail: format!("HTTP {status} body is not the expected JSON: {e}"),
+            request_id: request_id.clone(),
+        })
+    })?;
+    if s.instance_id.is_empty() {
+        return Err(Failure::Fatal(SsmError::BadResponse {
+            detail: format!("HTTP {status} without an InstanceId"),
+            request_id,
+        }));
+    }
+    Ok(Registered {
+        instance_id: s.instance_id,
+        request_id,
+    })
+}
+
+/// Text from the wire as one printable line (an answer of random bytes must not break the log).
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Also (issue 14): random bytes and valid JSON of the wrong types, as a success or as an
+    /// error answer: one clear printable line each, never a registration.
+    #[test]
+    fn odd_answers_are_one_clear_line() {
+        let mut random = vec![0u8; 4096];
+        crate::random::fill(&mut random).unwrap();
+        random[7] = b'\n';
+        let wrong = br#"{"InstanceId":5,"__type":[1],"message":{"a":"b\nc"}}"#.to_vec();
+        for status in [200, 400, 503] {
+            for body in [&random, &wrong] {
+                let text = match interpret(status, body, "r-1".into(), "") {
+                    Ok(r) => panic!("{status}: registered {r:?}"),
+                    Err(Failure::Fatal(e)) => e.to_string(),
+                    Err(Failure::Retry { cause, .. }) => cause,
+                };
+                assert!(!text.chars().any(char::is_control), "{status}: {text:?}");
+                assert!(
+                    text.contains(&status.to_string()) || status == 400,
+                    "{text}"
+                );
+            }
+        }
+        let e = interpret(200, &wrong, String::new(), "").err().unwrap();
+        assert!(matches!(e, Failure::Fatal(SsmError::BadResponse { .. })));
+    }
 
     #[test]
     fn messages_carry_the_advice_the_user_needs() {

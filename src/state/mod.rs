@@ -10,9 +10,12 @@
 //!   directories 0700, files 0600); [`read_vault_activation`] / [`write_vault_activation`]: our
 //!   own marker beside them saying which activation the Vault was registered with.
 //! - [`from_secret`] / [`Registration::to_secret_data`] / [`new_state_secret`]: the state Secret.
+//! - [`StateStore`]: the one reader and writer of the state Secret (init and the key sync), with
+//!   its merge rule ([`merge`]) and its one retry rule.
 
 mod gotime;
 mod secret;
+mod store;
 mod vault;
 
 pub use gotime::format_go_utc;
@@ -20,6 +23,7 @@ pub use secret::{
     connector_config, from_secret, new_state_secret, parse_connector_config, secret_name,
     StoredState,
 };
+pub use store::{merge, Activation, Saved, StateStore, StoreError, Write};
 pub use vault::{
     prepare_vault, read_vault, read_vault_activation, write_atomic, write_vault,
     write_vault_activation, VaultError,
@@ -42,6 +46,10 @@ pub const FINGERPRINT_FILE: &str = "Store/InstanceFingerprint";
 /// Our marker in the Vault directory: the `connector-config` bytes of the activation the Vault
 /// was registered with. The agent ignores it.
 pub const ACTIVATION_FILE: &str = "connector-config";
+
+/// Largest Vault file or Secret value accepted; real ones are under 2 KiB. Readers read one byte
+/// more, so a larger file is refused rather than cut (a cut file may still parse).
+pub const MAX_ITEM: usize = 1 << 20;
 
 /// State Secret data keys.
 pub const KEY_MANIFEST: &str = "manifest";
@@ -191,6 +199,11 @@ impl Registration {
         names: (&str, &str, &str),
     ) -> Result<Registration, StateError> {
         let (mname, rname, fname) = names;
+        for (bytes, name) in [(&manifest, mname), (&regkey, rname), (&fingerprint, fname)] {
+            if bytes.len() > MAX_ITEM {
+                return Err(StateError::garbled(name, "larger than 1 MiB"));
+            }
+        }
         let m = parse_object(&manifest, mname)?;
         for field in ["InstanceFingerprint", "RegistrationKey"] {
             non_empty_string(&m, field, mname)?;
@@ -335,6 +348,17 @@ pub(crate) mod fixtures {
         )
     }
     pub const FINGERPRINT: &str = r#"{"fingerprint":"0f8fad5b-d9cb-469f-a165-70867728950e","hardwareHash":{},"similarityThreshold":-1}"#;
+
+    /// A complete registration of these files for `instance`.
+    pub fn registration(instance: &str) -> super::Registration {
+        super::Registration::from_bytes(
+            MANIFEST.into(),
+            regkey(instance).into(),
+            FINGERPRINT.into(),
+            ("m", "r", "f"),
+        )
+        .unwrap()
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use super::{
 };
 
 /// Largest Vault file we read; real ones are under 2 KiB.
-const MAX_FILE: u64 = 1 << 20;
+const MAX_FILE: u64 = crate::state::MAX_ITEM as u64 + 1;
 
 #[derive(Debug)]
 pub enum VaultError {
@@ -216,13 +216,7 @@ mod tests {
     }
 
     fn reg(instance: &str) -> Registration {
-        Registration::from_bytes(
-            MANIFEST.into(),
-            regkey(instance).into(),
-            FINGERPRINT.into(),
-            ("m", "r", "f"),
-        )
-        .unwrap()
+        super::super::fixtures::registration(instance)
     }
 
     #[test]
