@@ -846,12 +846,12 @@ fn comparable(objs: &[Value]) -> BTreeMap<String, Value> {
     m
 }
 
-/// Values of `manifests/activation.env.example`, the Kustomize example's activation.
-fn kustomize_activation() -> BTreeMap<String, String> {
-    std::fs::read_to_string(repo().join("manifests/activation.env.example"))
+/// Values of an `activation.env`, the Kustomize example's activation.
+fn kustomize_activation(path: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
         .unwrap()
         .lines()
-        .filter(|l| !l.starts_with('#'))
+        .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect()
@@ -859,26 +859,25 @@ fn kustomize_activation() -> BTreeMap<String, String> {
 
 #[test]
 fn chart_and_kustomize_render_the_same_pod_and_rbac() {
-    // manifests/ as an operator prepares it: the activation file from its example (git ignores
-    // the real one).
-    let base_dir = scratch("kustomize").join("manifests");
-    let copied = std::process::Command::new("cp")
+    // manifests/ as an operator prepares it: the activation file from its example.
+    let prepared = scratch("kustomize");
+    let out = Command::new("cp")
         .arg("-r")
         .arg(repo().join("manifests"))
-        .arg(&base_dir)
-        .status()
+        .arg(&prepared)
+        .output()
         .unwrap();
-    assert!(copied.success(), "copy manifests/");
-    std::fs::copy(
-        base_dir.join("activation.env.example"),
-        base_dir.join("activation.env"),
-    )
-    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let base_dir = prepared.join("manifests");
+    let example = base_dir.join("activation.env.example");
+    if example.is_file() {
+        std::fs::copy(&example, base_dir.join("activation.env")).unwrap();
+    }
     let base = to_json(&kubectl_ok(
         &["kustomize", base_dir.to_str().unwrap()],
         None,
     ));
-    let act = kustomize_activation();
+    let act = kustomize_activation(&base_dir.join("activation.env"));
     let ns = one(&base, "StatefulSet")["metadata"]["namespace"]
         .as_str()
         .unwrap()
@@ -912,12 +911,8 @@ fn chart_and_kustomize_render_the_same_pod_and_rbac() {
     let ours = render_ok(&chart(), &ns, &args);
     let (b, o) = (comparable(&base), comparable(&ours));
 
-    // What the base has that the chart leaves to Helm or never needs.
-    let base_only = |k: &str| {
-        k.starts_with("Namespace ") // `helm install --create-namespace`
-            // The chart never renders an impersonation rule without names (its own check).
-            || k.starts_with("ValidatingAdmissionPolicy")
-    };
+    // What the base has that the chart leaves to Helm (`helm install --create-namespace`).
+    let base_only = |k: &str| k.starts_with("Namespace ");
     let mut diffs = Vec::new();
     for (k, v) in &b {
         if base_only(k) {
@@ -944,24 +939,30 @@ fn chart_and_kustomize_render_the_same_pod_and_rbac() {
         diffs.join("\n")
     );
 
-    // The console user's impersonation grant, as manifests/console-user.
-    let cu_dir = repo().join("manifests/console-user/minimal");
-    let cu = comparable(&to_json(&kubectl_ok(
-        &["kustomize", cu_dir.to_str().unwrap()],
-        None,
-    )));
-    let mut args = args.clone();
-    args.extend([
-        "--set".into(),
-        format!("authentication.allowedUserARNs={{{CONSOLE_USER}}}"),
-    ]);
-    let o = comparable(&render_ok(&chart(), &ns, &args));
-    for k in [
-        "ClusterRole /eks-connector-impersonate",
-        "ClusterRoleBinding /eks-connector-impersonate",
-    ] {
-        assert_eq!(o.get(k), cu.get(k), "{k}: chart vs manifests/console-user");
-        assert!(o.contains_key(k), "{k} rendered");
+    // The console users' RBAC, as manifests/console-user/<access>/ renders it.
+    for access in ["view", "minimal"] {
+        let dir = repo().join("manifests/console-user").join(access);
+        let cu = comparable(&to_json(&kubectl_ok(
+            &["kustomize", dir.to_str().unwrap()],
+            None,
+        )));
+        let mut args = args.clone();
+        args.extend([
+            "--set".into(),
+            format!("authentication.allowedUserARNs={{{CONSOLE_USER}}}"),
+            "--set".into(),
+            format!("authentication.consoleAccess={access}"),
+        ]);
+        let o = comparable(&render_ok(&chart(), &ns, &args));
+        let o: BTreeMap<&String, &Value> = o
+            .iter()
+            .filter(|(k, _)| k.starts_with("ClusterRole"))
+            .collect();
+        let cu: BTreeMap<&String, &Value> = cu.iter().collect();
+        assert_eq!(
+            o, cu,
+            "consoleAccess={access}: chart vs manifests/console-user/{access}"
+        );
     }
 }
 

@@ -8,7 +8,7 @@ tests/helm.rs renders with the original's values.yaml and with ours and compares
 eks:
   existingSecret: ""
 authentication:
-  clusterRole: view
+  consoleAccess: view
 ssmAgent:
   keyAutoRotateDays: 7
   ssmEndpoint: ""
@@ -49,6 +49,8 @@ terminationGracePeriodSeconds: 30
 podDisruptionBudget:
   enabled: true
 networkPolicy:
+  enabled: true
+admissionPolicy:
   enabled: true
 {{- end -}}
 
