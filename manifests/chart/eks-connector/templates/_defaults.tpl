@@ -15,6 +15,7 @@ ssmAgent:
   mgsEndpoint: ""
   extraConfig: {}
 proxy:
+  readOnly: true
   maxConnections:
   shutdownGrace:
   extraArgs: []
