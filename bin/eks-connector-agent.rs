@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use eks_connector::cli::{self, Flag, Kind, Program, MAX_DURATION};
 use eks_connector::keysync::DEFAULT_RECHECK;
-use eks_connector::launcher::{self, Config, DEFAULT_AGENT_COMMAND, EXIT_CONFIG, EXIT_INTERNAL};
+use eks_connector::launcher::{self, Config, DEFAULT_AGENT_COMMAND, EXIT_CONFIG};
 use eks_connector::state::secret_name;
 
 const PROGRAM: &str = "eks-connector-agent";
@@ -27,11 +27,6 @@ step with the agent's Vault (key rotation). Environment: POD_NAME (required), \
 KUBERNETES_SERVICE_HOST/PORT.";
 
 pub fn main() {
-    // First, before any thread exists: every thread inherits the blocked mask.
-    let blocked = launcher::block_signals().unwrap_or_else(|e| {
-        eprintln!("{PROGRAM}: cannot block signals: {e}");
-        std::process::exit(EXIT_INTERNAL);
-    });
     let program = Program {
         name: PROGRAM,
         about: ABOUT,
@@ -67,7 +62,7 @@ pub fn main() {
         endpoint: None,
         recheck: p.duration("--keysync.recheck").unwrap_or(DEFAULT_RECHECK),
     };
-    match launcher::run(config, &blocked) {
+    match launcher::run(config) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             log::error!("{e}");

@@ -34,7 +34,7 @@ use settle::{read_file, stamp, Settler, Snapshot, Stamp};
 
 use crate::backoff::{deadline_after, Backoff};
 use crate::health::ReadyCheck;
-use crate::kube::{Client, Endpoint, Secret, ServiceAccountDir};
+use crate::kube::{Client, Endpoint, ServiceAccountDir};
 use crate::state::{
     self, Activation, Registration, Saved, StateStore, StoreError, Write, FINGERPRINT_FILE,
     MANIFEST_FILE, REGKEY_FILE,
@@ -472,7 +472,8 @@ impl Worker {
         let keep = Activation::Keep {
             fallback: activation.as_deref(),
         };
-        if merge_is_unchanged(current.as_ref(), ns, name, &saved, keep) {
+        let merged = state::merge(current.as_ref(), ns, name, &saved, keep);
+        if current.is_some() && merged == Write::Unchanged {
             self.update_status();
             return;
         }
@@ -529,15 +530,4 @@ fn describe(saved: Saved) -> &'static str {
         Saved::Updated => "updated from the Vault",
         Saved::Created => "re-created from the Vault",
     }
-}
-
-/// Whether `current` already holds `reg` exactly as the store would write it.
-fn merge_is_unchanged(
-    current: Option<&Secret>,
-    namespace: &str,
-    name: &str,
-    reg: &Registration,
-    activation: Activation<'_>,
-) -> bool {
-    current.is_some() && state::merge(current, namespace, name, reg, activation) == Write::Unchanged
 }

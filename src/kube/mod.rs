@@ -203,29 +203,17 @@ impl Client {
             url: url.clone(),
             cause: e.to_string(),
         };
+        // One request path: the same headers for every verb, a JSON body for those that send one.
+        fn head<B>(rb: ureq::RequestBuilder<B>, auth: &str) -> ureq::RequestBuilder<B> {
+            rb.header("Authorization", auth)
+                .header("Accept", "application/json")
+        }
+        let json = "application/json";
         let resp = match (method, body) {
-            ("GET", _) => agent
-                .get(&url)
-                .header("Authorization", &auth)
-                .header("Accept", "application/json")
-                .call(),
-            ("POST", Some(b)) => agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .header("Accept", "application/json")
-                .header("Content-Type", "application/json")
-                .send(b),
-            ("PUT", Some(b)) => agent
-                .put(&url)
-                .header("Authorization", &auth)
-                .header("Accept", "application/json")
-                .header("Content-Type", "application/json")
-                .send(b),
-            ("DELETE", _) => agent
-                .delete(&url)
-                .header("Authorization", &auth)
-                .header("Accept", "application/json")
-                .call(),
+            ("GET", _) => head(agent.get(&url), &auth).call(),
+            ("DELETE", _) => head(agent.delete(&url), &auth).call(),
+            ("POST", Some(b)) => head(agent.post(&url), &auth).content_type(json).send(b),
+            ("PUT", Some(b)) => head(agent.put(&url), &auth).content_type(json).send(b),
             _ => {
                 return Err(KubeError::Config(format!(
                     "internal: unsupported call {method} {path}"

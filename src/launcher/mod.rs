@@ -17,9 +17,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::kube::{Endpoint, KubeError, ServiceAccountDir};
-use crate::signals::Blocked;
-
-pub use pid1::block_signals;
 
 /// The SSM agent in its own image.
 pub const DEFAULT_AGENT_COMMAND: &str = "/usr/bin/amazon-ssm-agent";
@@ -121,9 +118,13 @@ impl fmt::Display for LauncherError {
 
 impl std::error::Error for LauncherError {}
 
-/// Runs the launcher; returns the agent's exit code (128 + signal if it was killed). `blocked`
-/// comes from [`block_signals`], called first thing in `main`.
-pub fn run(config: Config, blocked: &Blocked) -> Result<i32, LauncherError> {
+/// Runs the launcher; returns the agent's exit code (128 + signal if it was killed). Call from
+/// `main` before any other thread is started: signals are blocked here, first thing, and every
+/// thread inherits the mask (as the proxy's `run` does).
+pub fn run(config: Config) -> Result<i32, LauncherError> {
+    let blocked = pid1::block_signals()
+        .map_err(|e| LauncherError::Internal(format!("cannot block signals: {e}")))?;
+    let blocked = &blocked;
     let registration =
         crate::state::read_vault(&config.base_dir).map_err(LauncherError::NotInitialised)?;
     log::info!(

@@ -434,7 +434,13 @@ impl Client {
     }
 
     fn classify(&self, e: ureq::Error) -> Failure {
-        let tls_host = || self.endpoint.host.clone();
+        let tls = |cause: String| {
+            Failure::Fatal(SsmError::Tls {
+                host: self.endpoint.host.clone(),
+                proxy: self.proxy.clone(),
+                cause,
+            })
+        };
         match e {
             ureq::Error::Timeout(t) => Failure::Retry {
                 cause: format!("timed out ({t})"),
@@ -444,26 +450,14 @@ impl Client {
                 cause: "host not found".into(),
                 dns: true,
             },
-            ureq::Error::Rustls(r) => Failure::Fatal(SsmError::Tls {
-                host: tls_host(),
-                proxy: self.proxy.clone(),
-                cause: r.to_string(),
-            }),
-            ureq::Error::Tls(m) => Failure::Fatal(SsmError::Tls {
-                host: tls_host(),
-                proxy: self.proxy.clone(),
-                cause: m.to_string(),
-            }),
+            ureq::Error::Rustls(r) => tls(r.to_string()),
+            ureq::Error::Tls(m) => tls(m.to_string()),
             ureq::Error::Io(io) => {
                 if let Some(r) = io
                     .get_ref()
                     .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 {
-                    return Failure::Fatal(SsmError::Tls {
-                        host: tls_host(),
-                        proxy: self.proxy.clone(),
-                        cause: r.to_string(),
-                    });
+                    return tls(r.to_string());
                 }
                 let text = io.to_string();
                 Failure::Retry {
