@@ -3,8 +3,12 @@
 #   a real control plane (etcd + kube-apiserver, ./build.sh kube-env), the shipped manifests
 #   applied to it, a local SSM stand-in, then our three binaries as the pod runs them: init
 #   registers and writes the Vault and the state Secret, init installs the launcher, the proxy
-#   serves the socket, and the launcher starts a stand-in agent that runs one curl through the
-#   socket, as the SSM agent does for the EKS console.
+#   serves the socket; the launcher starts AWS's own SSM agent (built from pinned source by
+#   tests/peers/fetch-build.sh, run as root in a mount namespace where the Vault is at
+#   /var/lib/amazon/ssm/Vault), which authenticates with the stand-in and rotates its key once,
+#   and the launcher copies the new key into the state Secret; then the launcher starts a
+#   stand-in agent that runs one curl through the socket, as the SSM agent does for the EKS
+#   console. Without the agent's source or root, the demo says so and skips to the stand-in.
 #
 #   scripts/demo.sh [--keep]     # --keep: leave the work directory for a look afterwards
 #
@@ -82,8 +86,9 @@ cp "$WORK/kube/ca.crt" "$SA/ca.crt"
 printf eks-connector >"$SA/namespace"
 echo "    $SA: token, ca.crt, namespace"
 
-STEP "Start the local SSM stand-in (strict RegisterManagedInstance over TLS)"
-"$BIN/examples/ssm-stub" "$ACT_ID" "$ACT_CODE" "$WORK/ssm" >"$WORK/ssm.log" 2>&1 &
+STEP "Start the local SSM stand-in (strict over TLS: init's registration, the agent's RSA-signed calls)"
+# Short-lived credentials: the agent asks again every 4 s, so a forced rotation comes quickly.
+SSM_STUB_TOKEN_SECONDS=8 "$BIN/examples/ssm-stub" "$ACT_ID" "$ACT_CODE" "$WORK/ssm" >"$WORK/ssm.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do [ -s "$WORK/ssm/url" ] && break; sleep 0.1; done
 [ -s "$WORK/ssm/url" ] || { cat "$WORK/ssm.log"; die "the SSM stand-in did not start"; }
@@ -124,6 +129,75 @@ for _ in $(seq 1 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
 [ -S "$SOCK" ] || { cat "$WORK/proxy.log"; die "the proxy did not create $SOCK"; }
 echo "    listening on $SOCK"
 
+STEP "agent: AWS's SSM agent under our launcher authenticates, rotates its key once, the launcher syncs it"
+PEER=""
+if [ "$(id -u)" != 0 ]; then
+    echo "    FALLING BACK to the stand-in agent only: the real SSM agent needs root here (a mount"
+    echo "    namespace puts the Vault at /var/lib/amazon/ssm/Vault, where its Manifest points)"
+elif ! PEER="$("$ROOT/tests/peers/fetch-build.sh" ssm-agent 2>"$WORK/peer.log")"; then
+    echo "    FALLING BACK to the stand-in agent only: the SSM agent's source is not available:"
+    sed 's/^/    /' "$WORK/peer.log"
+    PEER=""
+fi
+if [ -n "$PEER" ]; then
+    echo "    amazon-ssm-agent $("$PEER/bin/amazon-ssm-agent" -version | sed 's/.*: //') from $PEER"
+    A="$WORK/agent"
+    mkdir -p "$A/etc/amazon/ssm" "$A/var" "$A/root"
+    # The shipped ConfigMap's config with SSM and MGS at the stand-in.
+    sed "s|^{|{\"Ssm\":{\"Endpoint\":\"$SSM_URL\"},\"Mgs\":{\"Endpoint\":\"$SSM_URL\"},|" \
+        manifests/base/agent/amazon-ssm-agent.json >"$A/etc/amazon/ssm/amazon-ssm-agent.json"
+    cp manifests/base/agent/seelog.xml "$A/etc/amazon/ssm/seelog.xml"
+    HEALTH_PORT=18082
+    cat >"$A/container.sh" <<CONTAINER
+set -e
+mount --make-rprivate /
+mount -t overlay overlay -o lowerdir=$PEER/bin:/usr/bin /usr/bin
+mount -t overlay overlay -o lowerdir=$A/etc:/etc /etc
+mount --bind $A/var /var
+mount --bind $A/root /root
+mkdir -p /var/lib/amazon/ssm/Vault
+mount --bind $WORK/vault /var/lib/amazon/ssm/Vault
+exec env -i ${POD_ENV[*]} PATH=/usr/bin:/bin HOME=/root AWS_CA_BUNDLE=$(cat "$WORK/ssm/ca-path") \
+    SSL_CERT_FILE=$(cat "$WORK/ssm/ca-path") $WORK/launcher/eks-connector-agent \
+    --state.baseDir=/var/lib/amazon/ssm/Vault --state.secretNamespace=eks-connector \
+    --serviceaccount.dir=$SA --health.addr=127.0.0.1:$HEALTH_PORT
+CONTAINER
+    show "eks-connector-agent --state.baseDir=/var/lib/amazon/ssm/Vault … (PID 1 of its own pid and mount namespace) -> /usr/bin/amazon-ssm-agent"
+    unshare --mount --pid --fork --mount-proc --kill-child sh "$A/container.sh" >"$A/log" 2>&1 &
+    agent_pid=$!
+    pids+=("$agent_pid")
+    waitlog() { # pattern seconds
+        for _ in $(seq 1 $(($2 * 10))); do grep -q "$1" "$WORK/ssm.log" && return 0; sleep 0.1; done
+        tail -30 "$A/log"
+        die "the SSM stand-in never saw: $1"
+    }
+    waitlog "RequestManagedInstanceRoleToken by" 60
+    grep -m1 "RequestManagedInstanceRoleToken by" "$WORK/ssm.log" | sed 's/^/    /'
+    echo "    forcing a key rotation: the next token answer says UpdateKeyPair: true"
+    touch "$WORK/ssm/rotate"
+    waitlog "UpdateManagedInstancePublicKey by" 30
+    grep -m1 "UpdateManagedInstancePublicKey by" "$WORK/ssm.log" | sed 's/^/    /'
+    synced=""
+    for _ in $(seq 1 100); do
+        if k get secret eks-connector-state-0 -n eks-connector -o jsonpath='{.data.regkey}' | base64 -d |
+            cmp -s - "$WORK/vault/Store/RegistrationKey"; then
+            synced=1
+            break
+        fi
+        sleep 0.1
+    done
+    [ -n "$synced" ] || { tail -30 "$A/log"; die "the rotated key did not reach the state Secret"; }
+    echo "    the state Secret holds the agent's rewritten Store/RegistrationKey byte for byte"
+    echo "    /readyz: HTTP $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$HEALTH_PORT/readyz")"
+    grep -E "eks_connector::keysync" "$A/log" | sed 's/^/    /' | tail -3
+    echo "    SIGTERM to the launcher (as the kubelet stops the container)"
+    launcher="$(awk '{print $1}' "/proc/$agent_pid/task/$agent_pid/children")"
+    kill -TERM "$launcher"
+    rc=0
+    wait "$agent_pid" || rc=$?
+    echo "    the launcher exited $rc"
+fi
+
 STEP "agent: the launcher starts a stand-in agent that runs the console's command"
 cat >"$WORK/stand-in-agent" <<AGENT
 #!/bin/sh
@@ -148,4 +222,8 @@ STEP "Proxy audit log"
 sed 's/^/    /' "$WORK/proxy.log" | tail -8
 
 echo
-echo "Done: control plane, SSM stand-in, init, launcher and proxy worked together."
+if [ -n "$PEER" ]; then
+    echo "Done: control plane, SSM stand-in, init, launcher with AWS's SSM agent, and proxy worked together."
+else
+    echo "Done: control plane, SSM stand-in, init, launcher and proxy worked together (stand-in agent only: see above)."
+fi
