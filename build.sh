@@ -102,8 +102,9 @@ case "${1:-release}" in
     image) exec scripts/image.sh "${@:2}" ;;
     demo) exec scripts/demo.sh "${@:2}" ;;
     bench)
-        # Proxy (vs direct, side by side), agent launcher footprint, init start-up: release builds.
-        for b in bench/run.sh bench/agent.sh bench/init.sh; do
+        # Proxy (vs direct, side by side), agent launcher footprint, init start-up, key rotation
+        # with AWS's own SSM agent: release builds.
+        for b in bench/run.sh bench/agent.sh bench/init.sh bench/real-agent.sh; do
             say "$b"
             "$b"
         done

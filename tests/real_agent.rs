@@ -310,6 +310,12 @@ fn init_registers_and_the_agent_authenticates_with_the_key_init_generated() {
         "no ssm-agent-worker started\n{}",
         env.logs()
     );
+    // It opens the Session Manager control channel, signed with the credentials: refused (500).
+    let mgs = wait_for(Duration::from_secs(30), || {
+        env.stub.calls("control-channel").into_iter().next()
+    });
+    let mgs = mgs.unwrap_or_else(|| panic!("the worker never called MGS\n{}", env.logs()));
+    assert_eq!(mgs.path, format!("/v1/control-channel/{}", env.instance));
     env.stub.assert_strict();
 }
 

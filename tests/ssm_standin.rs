@@ -15,7 +15,7 @@ use base64::Engine;
 use rsa::pkcs8::EncodePublicKey;
 use rsa::sha2::{Digest, Sha256};
 use serde_json::{json, Value};
-use ssm_stub::{pki, Stub};
+use ssm_stub::{amz_date, pki, Stub};
 
 const ACTIVATION_ID: &str = "3f1e6a52-7c0b-4d8e-9a4f-2b6c8d0e1f23";
 const ACTIVATION_CODE: &str = "abcdefghijklmnopqrstuvwxyz";
@@ -36,28 +36,6 @@ fn spki(key: &rsa::RsaPrivateKey) -> Vec<u8> {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// `YYYYMMDDTHHMMSSZ` of a time.
-fn amz_date(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
 }
 
 /// One call as the agent makes it.

@@ -196,6 +196,13 @@ impl Pod {
     /// Replica `name` (e.g. `eks-connector-0`) in `ns`, whose token volume is `sa_dir`, with
     /// SSM at `stub`.
     pub fn new(ns: &TestNamespace, name: &str, sa_dir: &Path, stub: &Stub) -> Pod {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "the pod's containers run in their own mount and pid namespaces with their image's \
+             files mounted (unshare, mount, setpriv): run these tests as root"
+        );
         let n = RUNS.fetch_add(1, Ordering::SeqCst);
         let work =
             std::env::temp_dir().join(format!("pod-{}-{name}-{}-{n}", ns.name, std::process::id()));

@@ -615,34 +615,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Seconds since the epoch of an `X-Amz-Date` (`YYYYMMDDTHHMMSSZ`).
-fn amz_date_epoch(d: &str) -> Option<i64> {
-    let b = d.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| d.get(r)?.parse::<i64>().ok();
-    let (y, m, day) = (num(0..4)?, num(4..6)?, num(6..8)?);
-    let (hh, mm, ss) = (num(9..11)?, num(11..13)?, num(13..15)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Some(days * 86400 + hh * 3600 + mm * 60 + ss)
-}
-
-fn now_epoch() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+/// `X-Amz-Date` of a time: `YYYYMMDDTHHMMSSZ`, which sorts as the times do.
+pub fn amz_date(t: SystemTime) -> String {
+    let u = eks_connector::utc::Utc::from(t);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        u.year, u.month, u.day, u.hour, u.minute, u.second
+    )
 }
 
 /// Why SSM refused a signed call: status, error code, message.
@@ -673,13 +652,21 @@ fn verify_signed(
     let Some(date) = header(headers, "X-Amz-Date") else {
         return bad("IncompleteSignatureException", "no X-Amz-Date".into());
     };
-    let Some(t) = amz_date_epoch(date) else {
+    let shape_ok = date.len() == 16
+        && date.bytes().enumerate().all(|(i, b)| match i {
+            8 => b == b'T',
+            15 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        });
+    if !shape_ok {
         return bad(
             "IncompleteSignatureException",
             format!("X-Amz-Date {date:?}"),
         );
-    };
-    if (now_epoch() - t).abs() > 15 * 60 {
+    }
+    let window = Duration::from_secs(15 * 60);
+    let now = SystemTime::now();
+    if date < amz_date(now - window).as_str() || date > amz_date(now + window).as_str() {
         return bad(
             "InvalidSignatureException",
             format!("Signature expired: {date} is more than 15 min from the server's time"),
