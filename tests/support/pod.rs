@@ -324,6 +324,29 @@ impl Pod {
             .expect("a container runs the SSM agent's image")
     }
 
+    /// The long-running container that copies rotated keys into the Secret and reports it on
+    /// its `/readyz`: one that reads the Vault (`--state.baseDir`) and serves health checks; the
+    /// agent's own container only when no other does (today the launcher syncs; the sync may
+    /// move to a container of its own).
+    pub fn key_sync_container(&self) -> String {
+        let agent = self.agent_container();
+        let syncing: Vec<String> = self
+            .containers()
+            .into_iter()
+            .filter(|c| {
+                let args = strings(&self.container(c)["args"]);
+                args.iter().any(|a| a.starts_with("--state.baseDir"))
+                    && args.iter().any(|a| a.starts_with("--health.addr"))
+            })
+            .collect();
+        syncing
+            .iter()
+            .find(|c| **c != agent)
+            .or(syncing.first())
+            .cloned()
+            .expect("a container syncs the Vault to the Secret (--state.baseDir, --health.addr)")
+    }
+
     /// The init container that registers (it takes the activation from the Secret).
     pub fn registering_container(&self) -> String {
         self.init_containers()
