@@ -1295,32 +1295,24 @@ mod tests {
 
     #[test]
     fn limits_give_414_and_431() {
-        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(200));
-        assert!(matches!(
-            parse(long.as_bytes()),
-            Err(HeadError::LineTooLong)
-        ));
-        // Even when the line never ends.
-        let endless = format!("GET /{}", "a".repeat(500));
-        assert!(matches!(
-            parse(endless.as_bytes()),
-            Err(HeadError::LineTooLong)
-        ));
-        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(300));
-        assert!(matches!(
-            parse(big.as_bytes()),
-            Err(HeadError::HeadersTooLarge)
-        ));
-        let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(300));
-        assert!(matches!(
-            parse(endless.as_bytes()),
-            Err(HeadError::HeadersTooLarge)
-        ));
-        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(6));
-        assert!(matches!(
-            parse(many.as_bytes()),
-            Err(HeadError::HeadersTooLarge)
-        ));
+        let table = [
+            (format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(200)), 414),
+            // Even when the line never ends.
+            (format!("GET /{}", "a".repeat(500)), 414),
+            (
+                format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(300)),
+                431,
+            ),
+            (format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(300)), 431),
+            (
+                format!("GET / HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(6)),
+                431,
+            ),
+        ];
+        for (raw, status) in table {
+            let got = parse(raw.as_bytes()).err().and_then(|e| e.status());
+            assert_eq!(got, Some(status), "{raw:.40}");
+        }
         let ok = format!("GET / HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(5));
         assert!(parse(ok.as_bytes()).is_ok());
         assert_eq!(HeadError::LineTooLong.status(), Some(414));

@@ -685,6 +685,7 @@ fn await_upstream(
         *out = Vec::new();
         reader.release_buffer();
         conn.io.release_buffer();
+        conn.io.get_mut().release();
         waited = wait_for_upstream(conn, stream.raw_fd(), -1);
     }
     match waited {

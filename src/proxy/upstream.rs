@@ -140,14 +140,78 @@ impl std::fmt::Display for UpstreamError {
 /// The transport under one upstream connection.
 pub enum Io {
     Plain(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+    Tls(Box<StreamOwned<ClientConnection, Readahead>>),
+}
+
+/// The socket under a TLS connection, read in large pieces: rustls asks for 4 KiB at a time,
+/// so a 4 KiB answer in one TLS record would take two `recv`s; this takes one, and rustls is
+/// served from memory. The buffer is given back while the connection is quiet.
+pub struct Readahead {
+    sock: TcpStream,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+/// What one `recv` may bring: a whole TLS record (16 KiB of data and its overhead).
+const READAHEAD: usize = 17 << 10;
+
+impl Readahead {
+    fn new(sock: TcpStream) -> Readahead {
+        Readahead {
+            sock,
+            buf: Vec::new(),
+            pos: 0,
+            end: 0,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.end - self.pos
+    }
+
+    fn release(&mut self) {
+        if self.pos == self.end {
+            self.buf = Vec::new();
+            self.pos = 0;
+            self.end = 0;
+        }
+    }
+}
+
+impl Read for Readahead {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.end {
+            if self.buf.is_empty() {
+                self.buf = vec![0; READAHEAD];
+            }
+            self.pos = 0;
+            self.end = self.sock.read(&mut self.buf)?;
+        }
+        let n = out.len().min(self.end - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Write for Readahead {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.sock.write(b)
+    }
+    fn write_vectored(&mut self, b: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.sock.write_vectored(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.sock.flush()
+    }
 }
 
 impl Io {
     fn tcp(&self) -> &TcpStream {
         match self {
             Io::Plain(s) => s,
-            Io::Tls(s) => s.get_ref(),
+            Io::Tls(s) => &s.get_ref().sock,
         }
     }
 
@@ -167,34 +231,49 @@ impl Io {
                 return true;
             }
             let Io::Tls(s) = self else { return false };
-            if s.sock.set_nonblocking(true).is_err() {
+            if s.sock.sock.set_nonblocking(true).is_err() {
                 return false;
             }
             let read = s.conn.read_tls(&mut s.sock);
-            let _ = s.sock.set_nonblocking(false);
+            let _ = s.sock.sock.set_nonblocking(false);
             match read {
                 Ok(0) => return false,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return false,
             }
-            match s.conn.process_new_packets() {
-                Ok(state) if !state.peer_has_closed() => {}
-                _ => return false,
-            }
         }
         false
     }
 
-    /// Decrypted bytes rustls holds that a read would return without touching the socket.
+    /// Decrypted bytes a read would return without waiting for the socket (TLS bytes read
+    /// ahead are decrypted first; an error or a close counts, for the next read to report).
     pub fn pending(&mut self) -> usize {
-        match self {
-            Io::Plain(_) => 0,
-            Io::Tls(s) => match s.conn.process_new_packets() {
-                Ok(state) => state.plaintext_bytes_to_read(),
-                // Let the next read report the error.
-                Err(_) => 1,
-            },
+        let Io::Tls(s) = self else { return 0 };
+        loop {
+            match s.conn.process_new_packets() {
+                Ok(state) if state.peer_has_closed() => return 1,
+                Ok(state) if state.plaintext_bytes_to_read() > 0 => {
+                    return state.plaintext_bytes_to_read()
+                }
+                Ok(_) => {}
+                Err(_) => return 1,
+            }
+            if s.sock.buffered() == 0 {
+                return 0;
+            }
+            // From memory: no system call.
+            match s.conn.read_tls(&mut s.sock) {
+                Ok(n) if n > 0 => {}
+                _ => return 1,
+            }
+        }
+    }
+
+    /// Gives back the read-ahead buffer if it holds nothing (a connection about to wait).
+    pub fn release(&mut self) {
+        if let Io::Tls(s) = self {
+            s.sock.release();
         }
     }
 }
@@ -577,7 +656,10 @@ impl Upstream {
                 tcp.set_read_timeout(Some(self.config.connect_timeout))
                     .map_err(UpstreamError::Io)?;
                 let (conn, tcp) = self.handshake(config, name, tcp)?;
-                (Io::Tls(Box::new(StreamOwned::new(conn, tcp))), generation)
+                (
+                    Io::Tls(Box::new(StreamOwned::new(conn, Readahead::new(tcp)))),
+                    generation,
+                )
             }
         };
         io.tcp()
