@@ -396,6 +396,36 @@ fn a_secret_of_random_bytes_or_wrong_types_is_refused_and_left_untouched() {
     assert!(!env.vault.join("Store/RegistrationKey").exists());
 }
 
+/// Also (issue 14): an SSM answer of 100 MiB, of random bytes, or of valid JSON with every field
+/// of the wrong type gets one clear printable line, and nothing is written.
+#[test]
+fn a_huge_random_or_mistyped_ssm_answer_is_one_clear_line_and_nothing_is_written() {
+    let env = setup("badanswer", true);
+    let mut random = vec![0u8; 4096];
+    eks_connector::random::fill(&mut random).unwrap();
+    random[10] = b'\n';
+    let wrong = br#"{"InstanceId":5,"__type":[1],"message":{"a":"b"}}"#.to_vec();
+    let cases = [
+        ("huge", 200, vec![b' '; 100 << 20]),
+        ("random", 200, random.clone()),
+        ("random error", 400, random),
+        ("wrong types", 200, wrong.clone()),
+        ("wrong types error", 400, wrong),
+    ];
+    for (what, status, body) in cases {
+        env.stub.push(Reply::Raw { status, body });
+        let r = run(env.cmd());
+        assert_eq!(r.code, 12, "{what}: exit code; stderr:\n{}", r.stderr);
+        let line = r.error_line();
+        assert!(
+            line.contains(&env.stub.url()) || line.contains("SSM"),
+            "{what}: {line}"
+        );
+        assert!(!line.chars().any(|c| c.is_control()), "{what}: {line:?}");
+        assert_nothing_written(&env);
+    }
+}
+
 #[test]
 fn a_new_activation_id_registers_again() {
     let env = setup("reactivate", true);

@@ -126,6 +126,8 @@ pub enum Reply {
     Hang,
     /// Read the request and close the connection without an answer.
     Close,
+    /// Answer exactly this status and body (odd answers: random bytes, wrong types, huge).
+    Raw { status: u16, body: Vec<u8> },
 }
 
 impl Reply {
@@ -985,7 +987,7 @@ fn serve(
             _ => None,
         };
         let status = match &reply {
-            Reply::Error { status, .. } => *status,
+            Reply::Error { status, .. } | Reply::Raw { status, .. } => *status,
             Reply::Hang | Reply::Close => 0,
             _ => 200,
         };
@@ -1036,6 +1038,16 @@ fn serve(
             Reply::Close => {
                 let _ = tls.sock.shutdown(Shutdown::Both);
                 return;
+            }
+            Reply::Raw { status, body } => {
+                let head = format!(
+                    "HTTP/1.1 {status} Status\r\nx-amzn-RequestId: {request_id}\r\nContent-Type: \
+                     application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                tls.write_all(head.as_bytes())
+                    .and_then(|()| tls.write_all(&body))
+                    .and_then(|()| tls.flush())
             }
         };
         if ok.is_err() {
