@@ -72,7 +72,7 @@ PREREQS_RELEASE="$(prereqs_for_arch "$HOST_ARCH") $(prereqs_for_arch "$CROSS_ARC
 PREREQS_KUBE="go openssl curl setpriv flock python3"
 PREREQS_IMAGE="$PREREQS_RELEASE python3 buildah"
 PREREQS_DEMO="rust $PREREQS_KUBE control-plane"
-PREREQS_TEST="rust rustfmt+clippy $PREREQS_RELEASE $PREREQS_KUBE tar buildah control-plane helm peer-ssm-agent peer-eks-connector"
+PREREQS_TEST="rust rustfmt+clippy $PREREQS_RELEASE $PREREQS_KUBE tar buildah control-plane control-plane-oldest helm peer-ssm-agent peer-eks-connector"
 
 # ---------------------------------------------------------------------------------------------
 # Each prerequisite: how it is checked (P_HOW); what the scripts do when it is missing: install
@@ -107,6 +107,8 @@ prereq_info() {
         python3) P_HOW="python3 imports socket, gzip and json"; P_APT="python3" ;;
         control-plane) P_HOW="kube-apiserver, kubectl and etcd are cached in $KUBE_CACHE (tests/kube-env/build-bins.sh)"
             P_RUN="build_control_plane"; P_FIX="./build.sh demo or ./build.sh test builds it" ;;
+        control-plane-oldest) P_HOW="the oldest Kubernetes tested (v1.29: kube-apiserver, kubectl) is cached (tests/kube-env/build-older.sh v1.29)"
+            P_RUN="build_control_plane_oldest"; P_FIX="./build.sh test builds it" ;;
         helm) P_HOW="helm, built from the Go modules, is cached (tests/helm/build-helm.sh)"
             P_RUN="build_helm"; P_FIX="./build.sh test builds it" ;;
         peer-ssm-agent) P_HOW="AWS's SSM agent, built from its pinned source, is cached (tests/peers/fetch-build.sh ssm-agent)"
@@ -170,6 +172,7 @@ prereq_probe() {
         tar) echo x >"$d/tar.in" && tar -cf "$d/t.tar" -C "$d" tar.in && tar -xOf "$d/t.tar" tar.in | grep -qx x ;;
         python3) python3 -c 'import socket, gzip, json' ;;
         control-plane) cached_only "$ROOT/tests/kube-env/build-bins.sh" ;;
+        control-plane-oldest) cached_only "$ROOT/tests/kube-env/build-older.sh" v1.29 ;;
         helm) cached_only "$ROOT/tests/helm/build-helm.sh" ;;
         peer-*) cached_only "$ROOT/tests/peers/fetch-build.sh" "${1#peer-}" ;;
         *) die "unknown prerequisite '$1'" ;;
@@ -220,6 +223,13 @@ build_control_plane() {
     # -v: go build names each package as it compiles it, which the progress lines show.
     GOFLAGS="${GOFLAGS:-} -v" run_with_progress "control plane build" "$PROBE_DIR/control-plane.log" \
         "$ROOT/tests/kube-env/build-bins.sh"
+}
+
+# The oldest Kubernetes the manifests are tested on (minutes the first time; needs the newest's etcd).
+build_control_plane_oldest() {
+    say "building the oldest Kubernetes the manifests are tested on (tests/kube-env/build-older.sh v1.29; minutes the first time, cached after)"
+    run_with_progress "v1.29 control plane build" "$PROBE_DIR/control-plane-oldest.log" \
+        "$ROOT/tests/kube-env/build-older.sh" v1.29
 }
 
 # The Helm CLI the chart tests run, built from the Go modules (minutes, the first time).

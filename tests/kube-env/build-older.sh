@@ -10,7 +10,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NAME="${1:?usage: build-older.sh v1.NN (a module directory next to this script)}"
 MOD="$HERE/$NAME"
 [[ -f "$MOD/go.mod" ]] || { echo "build-older: no module $MOD/go.mod" >&2; exit 1; }
-KUBE_VERSION="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$MOD/go.mod")"
+# sed, not awk: scripts/lib.sh probes the cache with only a few text tools on PATH.
+KUBE_VERSION="$(sed -n 's/^require k8s\.io\/kubernetes \(v[0-9.]*\)$/\1/p' "$MOD/go.mod")"
 KEY="$(cat "$MOD/go.mod" "$MOD/go.sum" "$MOD/tools.go" "$0" | sha256sum | cut -c1-12)"
 CACHE="${EKS_CONNECTOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/eks-connector}"
 OUT="$CACHE/kube-$KUBE_VERSION-$KEY"
