@@ -10,7 +10,6 @@ mod common;
 mod peers;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -93,46 +92,16 @@ fn helm_ok(args: &[&str]) -> String {
 }
 
 fn kubectl(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut c = common::cluster().kubectl();
-    c.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.unwrap_or_default())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    common::cluster().run_kubectl(args, stdin)
 }
 
 fn kubectl_ok(args: &[&str], stdin: Option<&[u8]>) -> String {
-    let out = kubectl(args, stdin);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    common::cluster().kubectl_ok(args, stdin)
 }
 
-/// Rendered YAML as JSON objects (kubectl's client-side conversion).
+/// Rendered YAML as JSON objects.
 fn to_json(yaml: &str) -> Vec<Value> {
-    let out = kubectl_ok(
-        &["create", "--dry-run=client", "-o", "json", "-f", "-"],
-        Some(yaml.as_bytes()),
-    );
-    let mut objs = Vec::new();
-    for v in serde_json::Deserializer::from_str(&out).into_iter::<Value>() {
-        let v = v.unwrap();
-        match v["kind"].as_str() {
-            Some("List") => objs.extend(v["items"].as_array().unwrap().iter().cloned()),
-            _ => objs.push(v),
-        }
-    }
-    objs
+    common::cluster().objects(yaml)
 }
 
 /// The original chart 0.0.11, from the original connector's pinned source (tests/peers/).

@@ -14,10 +14,9 @@ mod image_env;
 mod ssm_stub;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -50,20 +49,7 @@ fn text(b: &[u8]) -> String {
 }
 
 fn kubectl_on(env: &Cluster, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
-    let mut c = env.kubectl();
-    c.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("kubectl");
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    child.wait_with_output().unwrap()
+    env.run_kubectl(args, stdin)
 }
 
 fn kubectl(args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
@@ -71,13 +57,7 @@ fn kubectl(args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
 }
 
 fn kubectl_ok_on(env: &Cluster, args: &[&str], stdin: Option<&[u8]>) -> String {
-    let out = kubectl_on(env, args, stdin);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    env.kubectl_ok(args, stdin)
 }
 
 fn kubectl_ok(args: &[&str], stdin: Option<&[u8]>) -> String {
@@ -229,29 +209,7 @@ fn to_json(yaml: &str) -> Vec<Value> {
 }
 
 fn to_json_on(env: &Cluster, yaml: &str) -> Vec<Value> {
-    let out = kubectl_ok_on(
-        env,
-        &[
-            "annotate",
-            "--local",
-            "-f",
-            "-",
-            "eks-connector.test/none-",
-            "-o",
-            "json",
-        ],
-        Some(yaml.as_bytes()),
-    );
-    // One JSON document per object (or a List).
-    let mut objs = Vec::new();
-    for v in serde_json::Deserializer::from_str(&out).into_iter::<Value>() {
-        let v = v.unwrap();
-        match v["kind"].as_str() {
-            Some("List") => objs.extend(v["items"].as_array().unwrap().iter().cloned()),
-            _ => objs.push(v),
-        }
-    }
-    objs
+    env.objects(yaml)
 }
 
 fn render(sub: &str, namespace: Option<&str>) -> Vec<Value> {

@@ -202,6 +202,63 @@ impl Cluster {
         c
     }
 
+    /// `kubectl ARGS` with `stdin` piped in when given: its output, whatever its exit status.
+    pub fn run_kubectl(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+        use std::io::Write;
+        let mut c = self.kubectl();
+        c.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("kubectl");
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// `kubectl ARGS`, which must succeed: its stdout.
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
+        let out = self.run_kubectl(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Rendered YAML as JSON objects (kubectl's local conversion: no API server, so kinds it does
+    /// not serve, like OpenShift's, convert too; removing an annotation nobody sets changes nothing).
+    pub fn objects(&self, yaml: &str) -> Vec<Value> {
+        let out = self.kubectl_ok(
+            &[
+                "annotate",
+                "--local",
+                "-f",
+                "-",
+                "eks-connector.test/none-",
+                "-o",
+                "json",
+            ],
+            Some(yaml.as_bytes()),
+        );
+        // One JSON document per object (or a List).
+        let mut objs = Vec::new();
+        for v in serde_json::Deserializer::from_str(&out).into_iter::<Value>() {
+            let v = v.unwrap();
+            match v["kind"].as_str() {
+                Some("List") => objs.extend(v["items"].as_array().unwrap().iter().cloned()),
+                _ => objs.push(v),
+            }
+        }
+        objs
+    }
+
     /// A fresh namespace with a ServiceAccount `connector` and its service-account directory.
     pub fn namespace(&'static self, prefix: &str) -> TestNamespace {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
