@@ -647,6 +647,10 @@ fn wrong_values_get_one_error_naming_the_value() {
             "replicaCount",
         ),
         (
+            vec![&code, &id, &region, "authentication.consoleAccess=admin"],
+            "authentication.consoleAccess",
+        ),
+        (
             vec![&code, &id, &region, "ssmAgent.keyAutoRotateDays=0"],
             "ssmAgent.keyAutoRotateDays",
         ),
