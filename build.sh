@@ -7,6 +7,7 @@
 #   ./build.sh kube-env DIR start the real control plane on loopback (foreground, until killed)
 #   ./build.sh image        the scratch image (both architectures) as an OCI archive in dist/
 #   ./build.sh chart        the Helm chart (manifests/chart/eks-connector) packaged as dist/eks-connector-<version>.tgz
+#   ./build.sh mirror REG   push that image and the SSM agent's into registry REG (air-gapped install)
 #   ./build.sh bench        benchmarks (proxy and agent launcher), release builds
 #   ./build.sh fuzz [SECS]  every cargo-fuzz target for SECS seconds each (default 60; nightly)
 # Each command first checks what it needs and, as root on Debian, installs what is missing.
@@ -100,6 +101,7 @@ case "${1:-release}" in
         "$helm_bin" package manifests/chart/eks-connector --destination dist
         ;;
     image) exec scripts/image.sh "${@:2}" ;;
+    mirror) exec scripts/mirror.sh "${@:2}" ;;
     demo) exec scripts/demo.sh "${@:2}" ;;
     bench)
         # Proxy (vs direct, side by side), agent launcher footprint, init start-up, key rotation

@@ -40,7 +40,7 @@ const FLAGS: &[Flag] = &[
         "--agent.endpoint",
         "URL",
         Kind::Check(check_endpoint),
-        "SSM endpoint override, e.g. a VPC endpoint (https:// is added when missing)",
+        "SSM endpoint override, e.g. a VPC endpoint (or env AWS_ENDPOINT_URL_SSM; https:// is added when missing)",
     ),
     Flag::new(
         "--ssm.timeout",
@@ -153,7 +153,9 @@ pub fn main() {
     let activation_code = required(&p, "--activation.code", "CODE", "EKS_ACTIVATION_CODE");
     let region = flag_or_env(&p, "--agent.region", "AWS_REGION", "region")
         .unwrap_or_else(|| "us-west-2".into());
-    let endpoint = p.text("--agent.endpoint");
+    // AWS_ENDPOINT_URL_SSM: the AWS SDKs' name for a service's endpoint, which the egress-proxy
+    // component sets for a VPC endpoint (no flag to add or leave out).
+    let endpoint = flag_or_env(&p, "--agent.endpoint", "AWS_ENDPOINT_URL_SSM", "SSM endpoint");
     let st = cli::StateFlags::from(&p);
     let ordinal = cli::ordinal_from_pod_name(std::env::var("POD_NAME").ok().as_deref())
         .unwrap_or_else(|e| fail(EXIT_CONFIG, e));

@@ -24,6 +24,7 @@ pub const EXIT_CODES: &[(i32, &str, &str)] = &[
     (12, "init", "SSM: any other rejection (RegistrationLimitExceeded, InvalidPublicKey, ...)"),
     (13, "init", "SSM unreachable: throttling, 5xx, timeouts or connection errors until the deadline"),
     (14, "init", "SSM endpoint DNS or TLS failure"),
+    (15, "init", "the egress proxy refused the tunnel (403, ...) or wants credentials (407)"),
     (20, "init", "Kubernetes RBAC refused an operation on the state Secret"),
     (21, "init", "the state Secret holds unparseable content (left untouched)"),
     (22, "init", "Kubernetes API error or unreachable"),

@@ -42,6 +42,7 @@ pub const EXIT_ACTIVATION_EXPIRED: i32 = 11;
 pub const EXIT_SSM_REJECTED: i32 = 12;
 pub const EXIT_SSM_UNREACHABLE: i32 = 13;
 pub const EXIT_SSM_DNS_TLS: i32 = 14;
+pub const EXIT_PROXY: i32 = 15;
 pub const EXIT_KUBE_FORBIDDEN: i32 = 20;
 pub const EXIT_BAD_STATE_SECRET: i32 = 21;
 pub const EXIT_KUBE: i32 = 22;
@@ -126,6 +127,7 @@ impl InitError {
                 SsmError::Rejected { .. } | SsmError::BadResponse { .. } => EXIT_SSM_REJECTED,
                 SsmError::Unreachable { .. } => EXIT_SSM_UNREACHABLE,
                 SsmError::Dns { .. } | SsmError::Tls { .. } => EXIT_SSM_DNS_TLS,
+                SsmError::ProxyAuth { .. } | SsmError::ProxyRefused { .. } => EXIT_PROXY,
                 SsmError::Config(_) => EXIT_CONFIG,
             },
             InitError::Kube(k) => match k.source {

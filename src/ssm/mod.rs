@@ -113,6 +113,23 @@ pub enum SsmError {
         host: String,
         proxy: Option<String>,
         cause: String,
+        /// The certificate does not chain to a trusted CA (through a proxy: it intercepts TLS).
+        untrusted: bool,
+    },
+    /// The proxy answered CONNECT with 407: it wants credentials, or refused the given ones.
+    ProxyAuth {
+        proxy: String,
+        endpoint: String,
+        /// `407 Proxy Authentication Required` (or 401, which some proxies send for bad ones).
+        status: String,
+        with_credentials: bool,
+    },
+    /// The proxy refused to open the tunnel (403, 405, …).
+    ProxyRefused {
+        proxy: String,
+        endpoint: String,
+        target: String,
+        status: String,
     },
     /// A 200 answer without an instance id.
     BadResponse { detail: String, request_id: String },
@@ -199,12 +216,55 @@ impl fmt::Display for SsmError {
                     )
                 }
             }
-            SsmError::Tls { host, proxy, cause } => write!(
+            SsmError::Tls {
+                host,
+                proxy: Some(p),
+                cause,
+                untrusted: true,
+            } => write!(
+                f,
+                "the certificate presented for the SSM endpoint {host} through proxy {p} is not \
+                 trusted ({cause}): the proxy intercepts TLS; put its CA certificate in \
+                 AWS_CA_BUNDLE (a PEM file, with the public roots if some traffic is not \
+                 intercepted)"
+            ),
+            SsmError::Tls {
+                host, proxy, cause, ..
+            } => write!(
                 f,
                 "TLS to the SSM endpoint {host} failed ({}): {cause}; a corporate proxy that \
                  intercepts TLS or a private endpoint needs its CA certificate in AWS_CA_BUNDLE \
                  (a PEM file)",
                 via(proxy)
+            ),
+            SsmError::ProxyAuth {
+                proxy,
+                endpoint,
+                status,
+                with_credentials,
+            } => {
+                let what = if *with_credentials {
+                    "refused the credentials in HTTPS_PROXY"
+                } else {
+                    "wants credentials"
+                };
+                write!(
+                    f,
+                    "the proxy {proxy} {what} (HTTP {status}) for the \
+                     tunnel to {endpoint}: set HTTPS_PROXY to http://USER:PASSWORD@host:port with \
+                     the proxy account's credentials"
+                )
+            }
+            SsmError::ProxyRefused {
+                proxy,
+                endpoint,
+                target,
+                status,
+            } => write!(
+                f,
+                "the proxy {proxy} refused CONNECT to {target} (HTTP {status}) for {endpoint}: \
+                 have the proxy allow tunnels to {target}, or list the host in NO_PROXY if it is \
+                 reachable directly (a VPC endpoint)"
             ),
             SsmError::BadResponse { detail, request_id } => write!(
                 f,
@@ -433,14 +493,63 @@ impl Client {
         interpret(status, &bytes, request_id, &error_type)
     }
 
+    fn tls_error(&self, e: &rustls::Error) -> SsmError {
+        SsmError::Tls {
+            host: self.endpoint.host.clone(),
+            proxy: self.proxy.clone(),
+            cause: e.to_string(),
+            untrusted: matches!(e, rustls::Error::InvalidCertificate(_)),
+        }
+    }
+
+    /// The proxy did not open the tunnel. ureq reports the answer as "proxy server responded
+    /// <status>/<reason>": 407 and other 4xx are the proxy's policy (retrying cannot help), 5xx
+    /// mean it could not reach the endpoint (its DNS or network; worth retrying).
+    fn proxy_failure(&self, m: &str) -> Failure {
+        let proxy = self.proxy.clone().unwrap_or_default();
+        let target = format!("{}:{}", self.endpoint.host, self.endpoint.port);
+        let code = m
+            .strip_prefix("proxy server responded ")
+            .and_then(|s| s.split('/').next())
+            .and_then(|c| c.parse::<u16>().ok());
+        let status = code.map(|c| {
+            let reason = ureq::http::StatusCode::from_u16(c)
+                .ok()
+                .and_then(|s| s.canonical_reason());
+            format!("{c} {}", reason.unwrap_or(""))
+                .trim_end()
+                .to_string()
+        });
+        match (code, status) {
+            (Some(401 | 407), Some(status)) => Failure::Fatal(SsmError::ProxyAuth {
+                with_credentials: proxy.contains("***@"),
+                proxy,
+                endpoint: self.endpoint.url.clone(),
+                status,
+            }),
+            (Some(c), Some(status)) if (400..500).contains(&c) => {
+                Failure::Fatal(SsmError::ProxyRefused {
+                    proxy,
+                    endpoint: self.endpoint.url.clone(),
+                    target,
+                    status,
+                })
+            }
+            (Some(_), Some(status)) => Failure::Retry {
+                cause: format!(
+                    "the proxy could not connect to {target} (HTTP {status}): does the name \
+                     resolve, and is it reachable, from the proxy?"
+                ),
+                dns: false,
+            },
+            _ => Failure::Retry {
+                cause: format!("CONNECT to {target} failed: {m}"),
+                dns: false,
+            },
+        }
+    }
+
     fn classify(&self, e: ureq::Error) -> Failure {
-        let tls = |cause: String| {
-            Failure::Fatal(SsmError::Tls {
-                host: self.endpoint.host.clone(),
-                proxy: self.proxy.clone(),
-                cause,
-            })
-        };
         match e {
             ureq::Error::Timeout(t) => Failure::Retry {
                 cause: format!("timed out ({t})"),
@@ -450,14 +559,19 @@ impl Client {
                 cause: "host not found".into(),
                 dns: true,
             },
-            ureq::Error::Rustls(r) => tls(r.to_string()),
-            ureq::Error::Tls(m) => tls(m.to_string()),
+            ureq::Error::Rustls(r) => Failure::Fatal(self.tls_error(&r)),
+            ureq::Error::Tls(m) => Failure::Fatal(SsmError::Tls {
+                host: self.endpoint.host.clone(),
+                proxy: self.proxy.clone(),
+                cause: m.to_string(),
+                untrusted: false,
+            }),
             ureq::Error::Io(io) => {
                 if let Some(r) = io
                     .get_ref()
                     .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 {
-                    return tls(r.to_string());
+                    return Failure::Fatal(self.tls_error(r));
                 }
                 let text = io.to_string();
                 Failure::Retry {
@@ -466,10 +580,7 @@ impl Client {
                     cause: text,
                 }
             }
-            ureq::Error::ConnectProxyFailed(m) => Failure::Retry {
-                cause: format!("the proxy refused CONNECT: {m}"),
-                dns: false,
-            },
+            ureq::Error::ConnectProxyFailed(m) => self.proxy_failure(&m),
             ureq::Error::ConnectionFailed => Failure::Retry {
                 cause: "connection failed".into(),
                 dns: false,
