@@ -11,6 +11,10 @@
 mod common;
 #[path = "support/image_env.rs"]
 mod image_env;
+#[path = "support/peers.rs"]
+mod peers;
+#[path = "support/pod.rs"]
+mod pod;
 #[path = "support/ssm_stub.rs"]
 mod ssm_stub;
 
@@ -38,6 +42,10 @@ const SECRET: &str = "eks-connector-state-0";
 const SSM_HOST: &str = "ssm.example.test";
 const PROXY_USER: &str = "airgap";
 const PROXY_PASSWORD: &str = "Pr0xy-S3cret-pw";
+/// The containers, as manifests/base names them (the original's names).
+const INIT: &str = "connector-init";
+const AGENT: &str = "connector-agent";
+const PROXY: &str = "connector-proxy";
 /// Where the private-ca component mounts the bundle.
 const POD_CA_BUNDLE: &str = "/etc/eks-connector/ca/ca-bundle.pem";
 
@@ -596,9 +604,54 @@ struct Rendered {
     yaml: String,
 }
 
-/// Writes the README's overlay with `values` two levels below the repository (as
-/// overlays/my-cluster/ is), moved into `namespace` when given, and renders it.
+/// The README's overlay with `values`, written two levels below the repository (as
+/// overlays/my-cluster/ is), moved into `namespace` when given. Removed when dropped.
+struct Overlay(PathBuf);
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes and renders the README's overlay.
 fn render(values: &Values, namespace: Option<&str>) -> Rendered {
+    let dir = write_overlay(values, namespace);
+    let out = run(common::cluster().kubectl().arg("kustomize").arg(&dir.0));
+    let yaml = text(&out.stdout);
+    let mut child = common::cluster()
+        .kubectl()
+        .args(["create", "--dry-run=client", "-o", "json", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl create --dry-run=client: {}",
+        text(&out.stderr)
+    );
+    // One JSON document per object.
+    let objects: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<Value>()
+        .map(|o| o.unwrap())
+        .flat_map(|o| match o["kind"].as_str() {
+            Some("List") => o["items"].as_array().unwrap().clone(),
+            _ => vec![o],
+        })
+        .collect();
+    Rendered { objects, yaml }
+}
+
+fn write_overlay(values: &Values, namespace: Option<&str>) -> Overlay {
     let root = common::repo_root();
     let dir = root.join("target").join(format!(
         "airgap-overlay-{}-{}",
@@ -665,39 +718,7 @@ fn render(values: &Values, namespace: Option<&str>) -> Rendered {
     );
     std::fs::write(dir.join("amazon-ssm-agent.json"), agent).unwrap();
     std::fs::write(dir.join("ca-bundle.pem"), &values.ca_bundle).unwrap();
-    let out = run(common::cluster().kubectl().arg("kustomize").arg(&dir));
-    let _ = std::fs::remove_dir_all(&dir);
-    let yaml = text(&out.stdout);
-    let mut child = common::cluster()
-        .kubectl()
-        .args(["create", "--dry-run=client", "-o", "json", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl create --dry-run=client: {}",
-        text(&out.stderr)
-    );
-    // One JSON document per object.
-    let objects: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
-        .into_iter::<Value>()
-        .map(|o| o.unwrap())
-        .flat_map(|o| match o["kind"].as_str() {
-            Some("List") => o["items"].as_array().unwrap().clone(),
-            _ => vec![o],
-        })
-        .collect();
-    Rendered { objects, yaml }
+    Overlay(dir)
 }
 
 impl Rendered {
@@ -943,7 +964,7 @@ fn without_a_proxy_init_cannot_cross_the_air_gap_and_says_so() {
     let env = init_env("airgap-noproxy");
     // By name: nothing on this side resolves it.
     let rendered = render(&values("", "", &ssm_url(stub.port), &[&pki().ca]), None);
-    let e = rendered.egress_env("init", &env.ns);
+    let e = rendered.egress_env(INIT, &env.ns);
     let r = env.run(&e, &std::fs::read(&pki().ca).unwrap(), "");
     assert_ne!(r.code, 0);
     let line = r.error_line();
@@ -954,7 +975,7 @@ fn without_a_proxy_init_cannot_cross_the_air_gap_and_says_so() {
     let direct = format!("https://{}:{}", gap.addr, stub.port);
     let rendered = render(&values("", "", &direct, &[&pki().ca]), None);
     let r = env.run(
-        &rendered.egress_env("init", &env.ns),
+        &rendered.egress_env(INIT, &env.ns),
         &std::fs::read(&pki().ca).unwrap(),
         "",
     );
@@ -977,7 +998,7 @@ fn with_the_components_proxy_init_registers_and_the_proxy_sees_the_connect() {
         &values(&proxy.url, "", &ssm_url(stub.port), &[&pki().ca]),
         None,
     );
-    let e = rendered.egress_env("init", &env.ns);
+    let e = rendered.egress_env(INIT, &env.ns);
     let no_proxy = &e.iter().find(|(k, _)| k == "NO_PROXY").unwrap().1;
     let api = &env.ns.kube_env()[0].1;
     assert!(
@@ -1015,7 +1036,7 @@ fn no_proxy_keeps_a_listed_ssm_name_direct() {
         &values(&proxy.url, "", &ssm_url(vpce.port), &[&pki().ca]),
         None,
     );
-    let r = env.run(&rendered.egress_env("init", &env.ns), &ca, &hosts);
+    let r = env.run(&rendered.egress_env(INIT, &env.ns), &ca, &hosts);
     assert_ne!(r.code, 0, "{}", r.stderr);
     let tunnels = proxy.connects();
     assert!(!tunnels.is_empty(), "{}", proxy.log());
@@ -1031,7 +1052,7 @@ fn no_proxy_keeps_a_listed_ssm_name_direct() {
         &values(&proxy.url, SSM_HOST, &ssm_url(vpce.port), &[&pki().ca]),
         None,
     );
-    let r = env.run(&rendered.egress_env("init", &env.ns), &ca, &hosts);
+    let r = env.run(&rendered.egress_env(INIT, &env.ns), &ca, &hosts);
     assert_registered(&env, &vpce, &r);
     assert_eq!(proxy.connects(), tunnels, "{}", proxy.log());
 }
@@ -1054,7 +1075,7 @@ fn a_proxy_that_wants_credentials_is_named_and_credentials_are_never_logged() {
         ),
     ] {
         let rendered = render(&values(&url, "", &endpoint, &[&pki().ca]), None);
-        let r = env.run(&rendered.egress_env("init", &env.ns), &ca, "");
+        let r = env.run(&rendered.egress_env(INIT, &env.ns), &ca, "");
         assert_eq!(r.code, 15, "{what}: {}", r.stderr);
         let line = r.error_line();
         for want in [status, what, &proxy.authority, &endpoint, "HTTPS_PROXY"] {
@@ -1071,7 +1092,7 @@ fn a_proxy_that_wants_credentials_is_named_and_credentials_are_never_logged() {
         ),
         None,
     );
-    let r = env.run(&rendered.egress_env("init", &env.ns), &ca, "");
+    let r = env.run(&rendered.egress_env(INIT, &env.ns), &ca, "");
     assert_registered(&env, &stub, &r);
     assert!(!r.stderr.contains(PROXY_PASSWORD), "{}", r.stderr);
     assert!(
@@ -1092,7 +1113,7 @@ fn a_proxy_that_refuses_connect_gets_one_line_naming_proxy_and_endpoint() {
     let endpoint = ssm_url(stub.port);
     let rendered = render(&values(&proxy.url, "", &endpoint, &[&pki().ca]), None);
     let r = env.run(
-        &rendered.egress_env("init", &env.ns),
+        &rendered.egress_env(INIT, &env.ns),
         &std::fs::read(&pki().ca).unwrap(),
         "",
     );
@@ -1112,7 +1133,7 @@ fn an_endpoint_name_that_does_not_resolve_is_named_through_the_proxy_and_directl
     let endpoint = "https://vpce-0000-ssm.nowhere.example.test";
     let ca = std::fs::read(&pki().ca).unwrap();
     let rendered = render(&values(&proxy.url, "", endpoint, &[&pki().ca]), None);
-    let r = env.run(&rendered.egress_env("init", &env.ns), &ca, "");
+    let r = env.run(&rendered.egress_env(INIT, &env.ns), &ca, "");
     assert_ne!(r.code, 0);
     let line = r.error_line();
     for want in [
@@ -1123,7 +1144,7 @@ fn an_endpoint_name_that_does_not_resolve_is_named_through_the_proxy_and_directl
         assert!(line.contains(want), "{want:?} in {line}");
     }
     let rendered = render(&values("", "", endpoint, &[&pki().ca]), None);
-    let r = env.run(&rendered.egress_env("init", &env.ns), &ca, "");
+    let r = env.run(&rendered.egress_env(INIT, &env.ns), &ca, "");
     let line = r.error_line();
     for want in ["vpce-0000-ssm.nowhere.example.test", "cannot resolve"] {
         assert!(line.contains(want), "{want:?} in {line}");
@@ -1139,7 +1160,7 @@ fn a_tls_intercepting_proxy_works_with_its_ca_in_the_bundle_and_is_named_without
     let endpoint = ssm_url(stub.port);
     // The bundle has the endpoint's real CA but not the proxy's.
     let rendered = render(&values(&proxy.url, "", &endpoint, &[&pki().ca]), None);
-    let e = rendered.egress_env("init", &env.ns);
+    let e = rendered.egress_env(INIT, &env.ns);
     assert!(
         e.contains(&("AWS_CA_BUNDLE".into(), POD_CA_BUNDLE.into())),
         "{e:?}"
@@ -1165,7 +1186,7 @@ fn a_tls_intercepting_proxy_works_with_its_ca_in_the_bundle_and_is_named_without
             "ca-bundle.pem",
         )
         .unwrap();
-    let r = env.run(&rendered.egress_env("init", &env.ns), bundle.as_bytes(), "");
+    let r = env.run(&rendered.egress_env(INIT, &env.ns), bundle.as_bytes(), "");
     assert_registered(&env, &stub, &r);
     assert!(
         proxy
@@ -1210,8 +1231,21 @@ fn the_component_renders_and_passes_a_server_side_dry_run() {
 }
 
 fn check_rendered(rendered: &Rendered, ns: &common::TestNamespace) {
+    // The patches land on the base's containers (matched by name), adding none.
+    let spec = &rendered.object("StatefulSet", "eks-connector")["spec"]["template"]["spec"];
+    for c in spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(spec["containers"].as_array().unwrap())
+    {
+        assert!(
+            c["image"].is_string(),
+            "a container the base does not have: {c}"
+        );
+    }
     // Both containers that talk to AWS get the proxy, NO_PROXY and the CA; no other does.
-    for c in ["init", "agent"] {
+    for c in [INIT, AGENT] {
         let e = rendered.egress_env(c, ns);
         let get = |k: &str| e.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(
@@ -1224,18 +1258,18 @@ fn check_rendered(rendered: &Rendered, ns: &common::TestNamespace) {
         assert!(!no_proxy.contains("$("), "{c}: {no_proxy}");
         assert_eq!(get("AWS_CA_BUNDLE"), Some(POD_CA_BUNDLE), "{c}");
     }
-    let agent = rendered.egress_env("agent", ns);
+    let agent = rendered.egress_env(AGENT, ns);
     for k in ["https_proxy", "no_proxy", "SSL_CERT_FILE"] {
         assert!(
             agent.iter().any(|(n, _)| n == k),
             "agent has {k}: {agent:?}"
         );
     }
-    assert!(rendered.egress_env("init", ns).contains(&(
+    assert!(rendered.egress_env(INIT, ns).contains(&(
         "AWS_ENDPOINT_URL_SSM".into(),
         "https://vpce-0abc-ssm.ssm.us-west-2.vpce.amazonaws.com".into()
     )));
-    let proxy_env = rendered.container("proxy")["env"].to_string();
+    let proxy_env = rendered.container(PROXY)["env"].to_string();
     assert!(
         !proxy_env.contains("PROXY\""),
         "the API proxy is not proxied: {proxy_env}"
@@ -1283,6 +1317,118 @@ fn check_rendered(rendered: &Rendered, ns: &common::TestNamespace) {
         stdout.contains("statefulset.apps/eks-connector created (server dry run)"),
         "{stdout}"
     );
+}
+
+/// The pod's egress as the README's overlay sets it, with AWS's own SSM agent under our launcher
+/// (tests/support/pod.rs runs each container in its own namespaces, env and volumes as
+/// rendered): init registers and the agent authenticates and rotates its key, all through
+/// tinyproxy, while the key reaches the Secret directly.
+#[test]
+fn the_real_agent_authenticates_and_rotates_through_the_proxy_and_the_key_reaches_the_secret() {
+    peers::ssm_agent();
+    let gap = AirGap::new();
+    let proxy = Tinyproxy::start(&gap, "");
+    let ns = common::cluster().namespace("airgap-agent");
+    let overlay = write_overlay(
+        &values(&proxy.url, "", "https://unused.example.test", &[&pki().ca]),
+        None,
+    );
+    let rendered = pod::render_dir(&overlay.0);
+    let activation = |k: &str| {
+        let v = rendered.activation["data"][k].as_str().unwrap();
+        text(&base64::engine::general_purpose::STANDARD.decode(v).unwrap())
+    };
+    let (id, code) = (
+        activation("EKS_ACTIVATION_ID"),
+        activation("EKS_ACTIVATION_CODE"),
+    );
+    let stub = gap.inside(move || Stub::start(&id, &code));
+    // Short credentials: the agent asks again within seconds, so a rotation comes quickly.
+    stub.set_token_lifetime(Duration::from_secs(6));
+    let spec = &rendered.statefulset["spec"]["template"]["spec"];
+    let sa = spec["serviceAccountName"].as_str().unwrap().to_string();
+    let sa_dir = ns.create_sa(&sa);
+    let role = rendered.role["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ns.create_role(&role, rendered.role["rules"].clone());
+    ns.bind("Role", &role, "ServiceAccount", &sa);
+    let mut pod = pod::Pod::new_with(
+        &ns,
+        "eks-connector-0",
+        &sa_dir,
+        &ssm_url(stub.port),
+        rendered,
+    );
+    pod.run_init_containers();
+    let regs = stub.registrations();
+    assert_eq!(
+        regs.len(),
+        1,
+        "init registered through the proxy: {}",
+        proxy.log()
+    );
+    let instance = regs[0].instance_id.clone().unwrap();
+    let agent_name = pod.agent_container();
+    let agent = pod.start(&agent_name);
+    let logs = || format!("agent:\n{}\nproxy:\n{}", agent.log(), proxy.log());
+    let signed_with = |key: usize| {
+        common::wait_for(Duration::from_secs(90), || {
+            stub.tokens_granted()
+                .into_iter()
+                .find(|r| r.signed_by == Some((instance.clone(), key)))
+        })
+    };
+    assert!(
+        signed_with(0).is_some(),
+        "no credentials through the proxy\n{}",
+        logs()
+    );
+    stub.rotate_on_next_token();
+    let rotated = common::wait_for(Duration::from_secs(60), || {
+        stub.key_updates().into_iter().next()
+    });
+    assert!(
+        rotated.is_some(),
+        "no rotation through the proxy\n{}",
+        logs()
+    );
+    assert!(
+        signed_with(1).is_some(),
+        "the new key was not used\n{}",
+        logs()
+    );
+    // The rotated key is in the Secret, byte for byte the Vault's (the launcher wrote it to the
+    // API server directly).
+    let synced = common::wait_for(Duration::from_secs(30), || {
+        let vault = eks_connector::state::read_vault(&pod.vault()).ok()?;
+        let secret = common::cluster()
+            .admin()
+            .get_secret(&ns.name, SECRET)
+            .ok()?;
+        (secret.data.get("regkey") == Some(&vault.regkey().to_vec())).then_some(())
+    });
+    assert!(
+        synced.is_some(),
+        "the rotated key did not reach the Secret\n{}",
+        logs()
+    );
+    stub.assert_strict();
+    // Every tunnel went to the SSM endpoint; none to the API server.
+    let tunnels = proxy.connects();
+    assert!(
+        tunnels.len() >= 3,
+        "init, credentials, rotation: {tunnels:?}"
+    );
+    assert!(
+        tunnels
+            .iter()
+            .all(|t| *t == format!("{SSM_HOST}:{}", stub.port)),
+        "{tunnels:?}"
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&pod.work);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ static RUNS: AtomicU32 = AtomicU32::new(0);
 
 /// The rendered objects the pod needs.
 pub struct Rendered {
+    /// Every object rendered (ConfigMaps and Secrets the pod's env and volumes name).
+    pub objects: Vec<Value>,
     pub statefulset: Value,
     /// The activation Secret (from `activation.env`).
     pub activation: Value,
@@ -68,8 +70,12 @@ fn prepared_manifests() -> &'static Path {
 
 /// `kubectl kustomize manifests/` as JSON objects.
 pub fn render() -> Rendered {
+    render_dir(prepared_manifests())
+}
+
+/// `kubectl kustomize <root>` (manifests/ prepared, or an overlay of it) as JSON objects.
+pub fn render_dir(root: &Path) -> Rendered {
     let cluster = common::cluster();
-    let root = prepared_manifests();
     let yaml = cluster
         .kubectl()
         .args(["kustomize", root.to_str().unwrap()])
@@ -131,9 +137,36 @@ pub fn render() -> Rendered {
         activation: one("Secret", &|o| o["metadata"]["name"] == secret_name.as_str()),
         agent_config: one("ConfigMap", &|o| {
             cm_names.iter().any(|n| o["metadata"]["name"] == n.as_str())
+                && o["data"]["amazon-ssm-agent.json"].is_string()
         }),
         role: one("Role", &|_| true),
         statefulset,
+        objects: objs,
+    }
+}
+
+impl Rendered {
+    /// The data of a rendered ConfigMap or Secret (decoded), by name.
+    pub fn data(&self, kind: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        let o = self
+            .objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)?;
+        let mut out = BTreeMap::new();
+        for (k, v) in o["data"].as_object().into_iter().flatten() {
+            let v = v.as_str().unwrap();
+            let bytes = if kind == "Secret" {
+                // kustomize folds long base64 values across lines.
+                let b64: String = v.split_whitespace().collect();
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap()
+            } else {
+                v.as_bytes().to_vec()
+            };
+            out.insert(k.clone(), bytes);
+        }
+        Some(out)
     }
 }
 
@@ -196,6 +229,18 @@ impl Pod {
     /// Replica `name` (e.g. `eks-connector-0`) in `ns`, whose token volume is `sa_dir`, with
     /// SSM at `stub`.
     pub fn new(ns: &TestNamespace, name: &str, sa_dir: &Path, stub: &Stub) -> Pod {
+        Pod::new_with(ns, name, sa_dir, &stub.url(), render())
+    }
+
+    /// Same, from objects rendered elsewhere (an overlay) and with SSM at `ssm_url` (a name
+    /// only a proxy resolves, say).
+    pub fn new_with(
+        ns: &TestNamespace,
+        name: &str,
+        sa_dir: &Path,
+        ssm_url: &str,
+        rendered: Rendered,
+    ) -> Pod {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(
             unsafe { libc::geteuid() },
@@ -211,11 +256,11 @@ impl Pod {
         let mut pod = Pod {
             name: name.into(),
             work,
-            rendered: render(),
+            rendered,
             volumes: BTreeMap::new(),
             namespace: ns.name.clone(),
             kube_env: ns.kube_env(),
-            stub_url: stub.url(),
+            stub_url: ssm_url.to_string(),
             ports: BTreeMap::new(),
         };
         pod.make_volumes(sa_dir);
@@ -253,8 +298,33 @@ impl Pod {
                 if let Some(g) = fs_group {
                     std::os::unix::fs::chown(&dir, None, Some(g as u32)).unwrap();
                 }
-            } else if let Some(name) = v["configMap"]["name"].as_str() {
-                assert_eq!(self.rendered.agent_config["metadata"]["name"], name);
+            } else if let Some((kind, source)) = self.other_source(v) {
+                // Another ConfigMap or Secret (a CA bundle): its keys, or the items listed.
+                let data = self
+                    .rendered
+                    .data(kind, &source)
+                    .unwrap_or_else(|| panic!("volume {name}: no {kind} {source} rendered"));
+                std::fs::create_dir_all(&dir).unwrap();
+                let items = v[kind_key(kind)]["items"].as_array().cloned();
+                let files: Vec<(String, String)> = match items {
+                    Some(items) => items
+                        .iter()
+                        .map(|i| {
+                            (
+                                i["key"].as_str().unwrap().into(),
+                                i["path"].as_str().unwrap().into(),
+                            )
+                        })
+                        .collect(),
+                    None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+                };
+                for (key, path) in files {
+                    let bytes = data
+                        .get(&key)
+                        .unwrap_or_else(|| panic!("{kind} {source} has no key {key}"));
+                    std::fs::write(dir.join(path), bytes).unwrap();
+                }
+            } else if v["configMap"]["name"].is_string() {
                 std::fs::create_dir_all(&dir).unwrap();
                 for (k, val) in self.rendered.agent_config["data"].as_object().unwrap() {
                     let mut text = val.as_str().unwrap().to_string();
@@ -271,6 +341,16 @@ impl Pod {
             }
             self.volumes.insert(name, dir);
         }
+    }
+
+    /// A volume from a ConfigMap other than the agent's, or from a Secret: (kind, name).
+    fn other_source(&self, v: &Value) -> Option<(&'static str, String)> {
+        if let Some(name) = v["secret"]["secretName"].as_str() {
+            return Some(("Secret", name.to_string()));
+        }
+        let name = v["configMap"]["name"].as_str()?;
+        (self.rendered.agent_config["metadata"]["name"] != name)
+            .then(|| ("ConfigMap", name.to_string()))
     }
 
     /// The shipped agent config with SSM and MGS at the stand-in (test plumbing only).
@@ -417,22 +497,47 @@ impl Pod {
         }
         for e in c["env"].as_array().into_iter().flatten() {
             let name = e["name"].as_str().unwrap().to_string();
+            let from = &e["valueFrom"];
             let value = if let Some(v) = e["value"].as_str() {
-                v.to_string()
+                // The kubelet expands $(VAR) from what is defined before.
+                let mut v = v.to_string();
+                for (k, val) in &env {
+                    v = v.replace(&format!("$({k})"), val);
+                }
+                v
+            } else if let Some((kind, r)) =
+                [("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")]
+                    .into_iter()
+                    .find_map(|(kind, key)| from[key].is_object().then(|| (kind, &from[key])))
+            {
+                let value = self
+                    .rendered
+                    .data(kind, r["name"].as_str().unwrap())
+                    .and_then(|d| d.get(r["key"].as_str().unwrap()).cloned());
+                match value {
+                    Some(v) => String::from_utf8(v).unwrap(),
+                    None if r["optional"] == true => continue,
+                    None => panic!("env {name}: {kind} key {r} is missing"),
+                }
             } else {
-                match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                match from["fieldRef"]["fieldPath"].as_str() {
                     Some("metadata.name") => self.name.clone(),
                     Some("metadata.namespace") => self.namespace.clone(),
                     other => panic!("env {name}: no stand-in for {other:?}"),
                 }
             };
+            env.retain(|(k, _)| *k != name);
             env.push((name, value));
         }
         // The stand-in's CA replaces the roots, for our code and for the agent (whose SDK
-        // takes AWS_CA_BUNDLE and whose Go TLS takes SSL_CERT_FILE).
+        // takes AWS_CA_BUNDLE and whose Go TLS takes SSL_CERT_FILE), unless the manifests give
+        // the container a CA bundle of their own (the private-ca component).
         let ca = pki().ca.to_str().unwrap().to_string();
-        env.push(("AWS_CA_BUNDLE".into(), ca.clone()));
-        env.push(("SSL_CERT_FILE".into(), ca));
+        for k in ["AWS_CA_BUNDLE", "SSL_CERT_FILE"] {
+            if !env.iter().any(|(n, _)| n == k) {
+                env.push((k.into(), ca.clone()));
+            }
+        }
         env
     }
 
@@ -670,6 +775,14 @@ impl Pod {
         let (mut cmd, _) = self.command(name);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.output().unwrap()
+    }
+}
+
+fn kind_key(kind: &str) -> &'static str {
+    if kind == "Secret" {
+        "secret"
+    } else {
+        "configMap"
     }
 }
 
