@@ -9,8 +9,6 @@
 //! (installed with apt-get when missing; a test that cannot get one fails saying which).
 
 mod common;
-#[path = "support/image_env.rs"]
-mod image_env;
 #[path = "support/peers.rs"]
 mod peers;
 #[path = "support/pod.rs"]
@@ -18,7 +16,6 @@ mod pod;
 #[path = "support/ssm_stub.rs"]
 mod ssm_stub;
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -1429,160 +1426,4 @@ fn the_real_agent_authenticates_and_rotates_through_the_proxy_and_the_key_reache
     );
     drop(agent);
     let _ = std::fs::remove_dir_all(&pod.work);
-}
-
-// ---------------------------------------------------------------------------------------------
-// The mirror into a private registry.
-
-struct Registry {
-    child: Child,
-    host: String,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        need_tool("docker-registry", "docker-registry");
-        let dir = temp_dir("registry");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let host = format!("127.0.0.1:{port}");
-        std::fs::write(
-            dir.join("config.yml"),
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {host}\n",
-                dir.join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start docker-registry");
-        wait_port(&host);
-        Registry { child, host }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Every blob digest an OCI layout directory holds, and its index's manifests.
-fn layout_blobs(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir.join("blobs/sha256"))
-        .unwrap()
-        .map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
-        .collect()
-}
-
-fn sha256_hex(path: &Path) -> String {
-    let out = run(Command::new("sha256sum").arg(path));
-    text(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-#[test]
-fn mirror_pushes_both_architectures_and_pulling_by_digest_gives_the_same_image() {
-    need_tool("skopeo", "skopeo");
-    let image = image_env::image();
-    let registry = Registry::start();
-    let out = run(Command::new(common::repo_root().join("build.sh"))
-        .args(["mirror", &registry.host, "--insecure", "--skip-agent"])
-        .current_dir(common::repo_root()));
-    let stdout = text(&out.stdout);
-    // It prints the images: entries, ours by digest.
-    let repo = format!("{}/eks-connector", registry.host);
-    let digest = stdout
-        .lines()
-        .skip_while(|l| !l.contains(&format!("newName: {repo}")))
-        .find_map(|l| l.trim().strip_prefix("digest: "))
-        .unwrap_or_else(|| panic!("no digest for {repo} in:\n{stdout}"))
-        .to_string();
-    // What the archive holds.
-    let unpacked = temp_dir("archive");
-    run(Command::new("tar")
-        .arg("-xf")
-        .arg(image.archive())
-        .arg("-C")
-        .arg(&unpacked));
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(unpacked.join("index.json")).unwrap()).unwrap();
-    let list_digest = index["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        digest, list_digest,
-        "the registry holds the archive's manifest list as is"
-    );
-    // Pulled back by digest: the same manifest list bytes, both architectures, the same blobs.
-    let raw = run(Command::new("skopeo").args([
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{repo}@{digest}"),
-    ]));
-    let list: Value = serde_json::from_slice(&raw.stdout).unwrap();
-    let archs: BTreeSet<String> = list["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["platform"]["architecture"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(
-        archs,
-        BTreeSet::from(["amd64".to_string(), "arm64".to_string()])
-    );
-    let pulled = temp_dir("pulled");
-    run(Command::new("skopeo").args([
-        "copy",
-        "--all",
-        "--src-tls-verify=false",
-        &format!("docker://{repo}@{digest}"),
-        &format!("oci:{}", pulled.join("layout").display()),
-    ]));
-    let want = layout_blobs(&unpacked);
-    let got = layout_blobs(&pulled.join("layout"));
-    assert_eq!(got, want, "pulled blobs differ from the archive's");
-    for d in &got {
-        let hex = d.strip_prefix("sha256:").unwrap();
-        assert_eq!(
-            sha256_hex(&pulled.join("layout/blobs/sha256").join(hex)),
-            hex,
-            "blob {d} content"
-        );
-    }
-    // The SSM agent's entry names the image the manifests run, mirrored under the registry.
-    let sts = std::fs::read_to_string(common::repo_root().join("manifests/base/statefulset.yaml"))
-        .unwrap();
-    let agent_image = sts
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("image: ")
-                .filter(|i| i.contains("amazon-ssm-agent"))
-        })
-        .expect("the agent image in manifests/base/statefulset.yaml");
-    let (agent_name, agent_tag) = agent_image.rsplit_once(':').unwrap();
-    assert!(stdout.contains(&format!("name: {agent_name}")), "{stdout}");
-    assert!(
-        stdout.contains(&format!("newName: {}/amazon-ssm-agent", registry.host))
-            && stdout.contains(&format!("newTag: \"{agent_tag}\"")),
-        "{stdout}"
-    );
-    let _ = std::fs::remove_dir_all(&unpacked);
-    let _ = std::fs::remove_dir_all(&pulled);
 }
