@@ -155,7 +155,12 @@ pub fn main() {
         .unwrap_or_else(|| "us-west-2".into());
     // AWS_ENDPOINT_URL_SSM: the AWS SDKs' name for a service's endpoint, which the egress-proxy
     // component sets for a VPC endpoint (no flag to add or leave out).
-    let endpoint = flag_or_env(&p, "--agent.endpoint", "AWS_ENDPOINT_URL_SSM", "SSM endpoint");
+    let endpoint = flag_or_env(
+        &p,
+        "--agent.endpoint",
+        "AWS_ENDPOINT_URL_SSM",
+        "SSM endpoint",
+    );
     let st = cli::StateFlags::from(&p);
     let ordinal = cli::ordinal_from_pod_name(std::env::var("POD_NAME").ok().as_deref())
         .unwrap_or_else(|e| fail(EXIT_CONFIG, e));

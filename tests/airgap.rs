@@ -601,7 +601,7 @@ struct Rendered {
     yaml: String,
 }
 
-/// The README's overlay with `values`, written two levels below the repository (as
+/// The README's overlay with `values`, written next to a prepared manifests/ (as
 /// overlays/my-cluster/ is), moved into `namespace` when given. Removed when dropped.
 struct Overlay(PathBuf);
 
@@ -648,11 +648,30 @@ fn render(values: &Values, namespace: Option<&str>) -> Rendered {
     Rendered { objects, yaml }
 }
 
+/// A copy of the repository with manifests/ as an operator prepares it (README, Install: git
+/// ignores activation.env, the example's placeholder activation stands in). Once per process.
+fn prepared_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = temp_dir("operator");
+        run(Command::new("cp")
+            .arg("-r")
+            .arg(common::repo_root().join("manifests"))
+            .arg(&root));
+        let manifests = root.join("manifests");
+        std::fs::copy(
+            manifests.join("activation.env.example"),
+            manifests.join("activation.env"),
+        )
+        .unwrap();
+        root
+    })
+}
+
 fn write_overlay(values: &Values, namespace: Option<&str>) -> Overlay {
-    let root = common::repo_root();
-    let dir = root.join("target").join(format!(
-        "airgap-overlay-{}-{}",
-        std::process::id(),
+    // overlays/<name>/ next to manifests/, as the README has it.
+    let dir = prepared_root().join("overlays").join(format!(
+        "my-cluster-{}",
         NEXT.fetch_add(1, Ordering::SeqCst)
     ));
     let _ = std::fs::remove_dir_all(&dir);
@@ -889,8 +908,8 @@ impl InitEnv {
                 format!("--state.baseDir={}", self.vault.display()),
                 format!("--state.secretNamespace={}", self.ns.name),
                 format!("--serviceaccount.dir={}", self.ns.sa_dir.display()),
-                "--ssm.timeout=5s".into(),
-                "--ssm.deadline=8s".into(),
+                "--ssm.timeout=10s".into(),
+                "--ssm.deadline=15s".into(),
                 "--kube.deadline=5s".into(),
             ]);
         for (k, v) in env {

@@ -335,6 +335,8 @@ enum Failure {
         dns: bool,
     },
     Fatal(SsmError),
+    /// The overall deadline ran out during the attempt.
+    CutShort(String),
 }
 
 impl Client {
@@ -415,13 +417,25 @@ impl Client {
         let deadline = start + self.opts.deadline;
         let mut backoff = Backoff::new(self.opts.backoff_initial, self.opts.backoff_max);
         let mut attempts = 0u32;
+        // The last failure that was not the deadline cutting an attempt short: it says why.
+        let mut telling: Option<(String, bool)> = None;
         loop {
             attempts += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let (cause, dns) = match self.attempt(&body, remaining.max(Duration::from_millis(1))) {
                 Ok(r) => return Ok(r),
                 Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Retry { cause, dns }) => (cause, dns),
+                Err(Failure::CutShort(cause)) => match &telling {
+                    Some((before, dns)) => (
+                        format!("{before} (then the deadline cut the last attempt short)"),
+                        *dns,
+                    ),
+                    None => (cause, false),
+                },
+                Err(Failure::Retry { cause, dns }) => {
+                    telling = Some((cause.clone(), dns));
+                    (cause, dns)
+                }
             };
             let delay = backoff.next_delay();
             let now = Instant::now();
@@ -551,6 +565,9 @@ impl Client {
 
     fn classify(&self, e: ureq::Error) -> Failure {
         match e {
+            ureq::Error::Timeout(ureq::Timeout::Global) => {
+                Failure::CutShort(format!("timed out ({})", ureq::Timeout::Global))
+            }
             ureq::Error::Timeout(t) => Failure::Retry {
                 cause: format!("timed out ({t})"),
                 dns: false,
@@ -698,7 +715,7 @@ mod tests {
                 let text = match interpret(status, body, "r-1".into(), "") {
                     Ok(r) => panic!("{status}: registered {r:?}"),
                     Err(Failure::Fatal(e)) => e.to_string(),
-                    Err(Failure::Retry { cause, .. }) => cause,
+                    Err(Failure::Retry { cause, .. } | Failure::CutShort(cause)) => cause,
                 };
                 assert!(!text.chars().any(char::is_control), "{status}: {text:?}");
                 assert!(
