@@ -614,38 +614,12 @@ impl Drop for Overlay {
 /// Writes and renders the README's overlay.
 fn render(values: &Values, namespace: Option<&str>) -> Rendered {
     let dir = write_overlay(values, namespace);
-    let out = run(common::cluster().kubectl().arg("kustomize").arg(&dir.0));
-    let yaml = text(&out.stdout);
-    let mut child = common::cluster()
-        .kubectl()
-        .args(["create", "--dry-run=client", "-o", "json", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl create --dry-run=client: {}",
-        text(&out.stderr)
-    );
-    // One JSON document per object.
-    let objects: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
-        .into_iter::<Value>()
-        .map(|o| o.unwrap())
-        .flat_map(|o| match o["kind"].as_str() {
-            Some("List") => o["items"].as_array().unwrap().clone(),
-            _ => vec![o],
-        })
-        .collect();
-    Rendered { objects, yaml }
+    let cluster = common::cluster();
+    let yaml = cluster.kubectl_ok(&["kustomize", dir.0.to_str().unwrap()], None);
+    Rendered {
+        objects: cluster.objects(&yaml),
+        yaml,
+    }
 }
 
 /// A copy of the repository with manifests/ as an operator prepares it (README, Install: git
@@ -1308,21 +1282,10 @@ fn check_rendered(rendered: &Rendered, ns: &common::TestNamespace) {
         }
     }
     // The real API server accepts every object.
-    let mut child = common::cluster()
-        .kubectl()
-        .args(["apply", "--dry-run=server", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(rendered.yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::cluster().run_kubectl(
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(rendered.yaml.as_bytes()),
+    );
     assert!(
         out.status.success(),
         "server-side dry run refused the overlay:\n{}",
