@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$registry" ] || die "usage: scripts/mirror.sh REGISTRY[/PATH] [--insecure] [--skip-agent] [--agent-source REF]"
 
-need_cmd skopeo skopeo
+command -v skopeo >/dev/null 2>&1 || apt_install skopeo
 
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 archive="dist/eks-connector-$version.oci.tar"
