@@ -1,5 +1,6 @@
 //! The health endpoint kubelet probes: `/healthz` (the process is alive) and `/readyz` (the
-//! component says it can do its job). Shared by the proxy and the agent launcher.
+//! component says it can do its job), and `/metrics` (Prometheus text format, [`crate::metrics`]).
+//! Shared by the proxy and the agent launcher.
 //!
 //! This port is reachable from the pod network, so a slow or hostile client must never make a
 //! probe fail: request heads go through the proxy's strict parser ([`crate::http`]) with small
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::http::{self, HeadError, HeadLimits, HeadReader, RequestHead};
+use crate::metrics::Render;
 
 /// A probe's head is one short line and a few headers.
 const LIMITS: HeadLimits = HeadLimits {
@@ -34,7 +36,7 @@ const STACK: usize = 64 << 10;
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Binds `addr` and serves in a background thread. Returns the bound address (useful with port 0).
-pub fn serve(addr: &str, ready: ReadyCheck) -> std::io::Result<SocketAddr> {
+pub fn serve(addr: &str, ready: ReadyCheck, metrics: Render) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     let active = Arc::new(AtomicUsize::new(0));
@@ -50,12 +52,13 @@ pub fn serve(addr: &str, ready: ReadyCheck) -> std::io::Result<SocketAddr> {
                     continue;
                 }
                 let ready = ready.clone();
+                let metrics = metrics.clone();
                 let active2 = active.clone();
                 let spawned = std::thread::Builder::new()
                     .name("health-conn".into())
                     .stack_size(STACK)
                     .spawn(move || {
-                        answer(&stream, &ready);
+                        answer(&stream, &ready, &metrics);
                         active2.fetch_sub(1, Ordering::SeqCst);
                     });
                 if spawned.is_err() {
@@ -77,13 +80,13 @@ fn turn_away(stream: &TcpStream) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
-fn answer(stream: &TcpStream, ready: &ReadyCheck) {
+fn answer(stream: &TcpStream, ready: &ReadyCheck, metrics: &Render) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut reader = HeadReader::new(stream, HEAD_WAIT);
     let mut head = RequestHead::default();
     let read = reader.read_request(&mut head, &LIMITS, HEAD_WAIT, HEAD_WAIT);
     let answered = match read {
-        Ok(()) => route(stream, &head, ready),
+        Ok(()) => route(stream, &head, ready, metrics),
         Err(e @ (HeadError::Closed | HeadError::Io(_))) => {
             log::debug!("health check connection: {}", e.message());
             return;
@@ -101,19 +104,45 @@ fn answer(stream: &TcpStream, ready: &ReadyCheck) {
     }
 }
 
-fn route(stream: &TcpStream, head: &RequestHead, ready: &ReadyCheck) -> std::io::Result<()> {
+fn route(
+    stream: &TcpStream,
+    head: &RequestHead,
+    ready: &ReadyCheck,
+    metrics: &Render,
+) -> std::io::Result<()> {
     match (head.method(), head.path()) {
+        ("GET" | "HEAD", "/metrics") => {
+            let mut text = String::with_capacity(16 << 10);
+            metrics(&mut text);
+            respond_as(stream, 200, METRICS_TYPE, &text)
+        }
         ("GET" | "HEAD", "/healthz" | "/livez") => respond(stream, 200, "ok\n"),
         ("GET" | "HEAD", "/readyz") => match ready() {
             Ok(()) => respond(stream, 200, "ok\n"),
             Err(why) => respond(stream, 503, &format!("not ready: {why}\n")),
         },
-        ("GET" | "HEAD", _) => respond(stream, 404, "not found: try /healthz or /readyz\n"),
+        ("GET" | "HEAD", _) => respond(
+            stream,
+            404,
+            "not found: try /healthz, /readyz or /metrics\n",
+        ),
         _ => respond(stream, 405, "method not allowed\n"),
     }
 }
 
-fn respond(mut stream: &TcpStream, code: u16, body: &str) -> std::io::Result<()> {
+fn respond(stream: &TcpStream, code: u16, body: &str) -> std::io::Result<()> {
+    respond_as(stream, code, "text/plain; charset=utf-8", body)
+}
+
+/// The content type of the Prometheus text exposition format.
+const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn respond_as(
+    mut stream: &TcpStream,
+    code: u16,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
         400 => "Bad Request",
@@ -125,7 +154,7 @@ fn respond(mut stream: &TcpStream, code: u16, body: &str) -> std::io::Result<()>
         _ => "Service Unavailable",
     };
     let msg = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(msg.as_bytes())
@@ -135,6 +164,10 @@ fn respond(mut stream: &TcpStream, code: u16, body: &str) -> std::io::Result<()>
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
+
+    fn no_metrics() -> Render {
+        Arc::new(|_: &mut String| {})
+    }
 
     fn get(addr: SocketAddr, raw: &[u8]) -> String {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -157,6 +190,7 @@ mod tests {
                     Err("secret not in sync".into())
                 }
             }),
+            Arc::new(|out: &mut String| out.push_str("# HELP m_total M.\n")),
         )
         .unwrap();
         assert!(get(addr, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
@@ -168,6 +202,13 @@ mod tests {
         flag.store(true, Ordering::SeqCst);
         assert!(get(addr, b"GET /readyz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
         assert!(get(addr, b"GET /x HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+        let m = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(
+            m.starts_with("HTTP/1.1 200")
+                && m.contains("Content-Type: text/plain; version=0.0.4")
+                && m.ends_with("\r\n\r\n# HELP m_total M.\n"),
+            "{m}"
+        );
         let big = format!("GET /healthz HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(8000));
         assert!(get(addr, big.as_bytes()).starts_with("HTTP/1.1 431"));
         // The strict parser: a bare LF is not a line end.
@@ -176,7 +217,7 @@ mod tests {
 
     #[test]
     fn slow_clients_never_make_a_probe_fail() {
-        let addr = serve("127.0.0.1:0", Arc::new(|| Ok(()))).unwrap();
+        let addr = serve("127.0.0.1:0", Arc::new(|| Ok(())), no_metrics()).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         // 16 clients sending a byte a second, reconnecting whenever they are cut off.
         let slow: Vec<_> = (0..16)
@@ -212,7 +253,7 @@ mod tests {
 
     #[test]
     fn a_connection_lasts_a_few_seconds_however_slow() {
-        let addr = serve("127.0.0.1:0", Arc::new(|| Ok(()))).unwrap();
+        let addr = serve("127.0.0.1:0", Arc::new(|| Ok(())), no_metrics()).unwrap();
         let mut s = TcpStream::connect(addr).unwrap();
         let started = std::time::Instant::now();
         let mut cut = None;

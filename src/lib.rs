@@ -15,7 +15,7 @@
 //! One module per domain: [`init`], [`launcher`], [`keysync`], [`proxy`], [`ssm`] (the one AWS
 //! call), [`state`] (Vault files and the state Secret, byte for byte, and their one store),
 //! [`kube`] (Kubernetes REST client); and the plumbing they share: [`tls`], [`cli`], [`backoff`],
-//! [`signals`], [`health`], [`http`], [`watched_file`], [`random`], [`utc`].
+//! [`signals`], [`health`], [`metrics`], [`http`], [`watched_file`], [`random`], [`utc`].
 
 pub mod backoff;
 pub mod cli;
@@ -25,6 +25,7 @@ pub mod init;
 pub mod keysync;
 pub mod kube;
 pub mod launcher;
+pub mod metrics;
 pub mod proxy;
 pub mod random;
 pub mod signals;

@@ -234,6 +234,9 @@ impl Worker {
     }
 
     fn set_status(&self, status: Status) {
+        crate::metrics::KEYSYNC
+            .in_sync
+            .set(i64::from(matches!(status, Status::InSync)));
         lock(&self.shared).status = status;
     }
 
@@ -303,6 +306,7 @@ impl Worker {
                 self.last_incomplete = None;
                 if !self.target.as_ref().is_some_and(|t| t.same_files(&reg)) {
                     if self.target.is_some() {
+                        crate::metrics::KEYSYNC.rotations.inc();
                         log::info!(
                             "the Vault changed (key rotation?): instance {}; saving it to Secret {}",
                             reg.instance_id(),
@@ -380,7 +384,9 @@ impl Worker {
         let Some(target) = self.target.clone() else {
             return;
         };
-        match self.push(&target) {
+        let pushed = self.push(&target);
+        count_attempt(&pushed);
+        match pushed {
             Ok(what) => {
                 let after = if self.failures > 0 {
                     format!(" after {} failed attempt(s)", self.failures)
@@ -521,6 +527,22 @@ impl Worker {
             }
             self.maybe_push();
         }
+    }
+}
+
+/// Every save attempt passes through here: counted, and its failure by cause.
+fn count_attempt(pushed: &Result<Saved, StoreError>) {
+    use crate::kube::KubeError;
+    use crate::metrics::{SyncFailure, KEYSYNC};
+    KEYSYNC.attempts.inc();
+    match pushed {
+        Ok(_) => KEYSYNC.succeeded(),
+        Err(e) => KEYSYNC.failed(match e.source {
+            KubeError::Forbidden { .. } | KubeError::Unauthorized { .. } => SyncFailure::Forbidden,
+            KubeError::Conflict { .. } => SyncFailure::Conflict,
+            KubeError::Transport { .. } => SyncFailure::Unreachable,
+            _ => SyncFailure::Other,
+        }),
     }
 }
 

@@ -146,13 +146,18 @@ pub fn run(config: Config) -> Result<i32, LauncherError> {
     })
     .map_err(|e| LauncherError::Internal(format!("cannot start the key-sync thread: {e}")))?;
     if let Some(addr) = &config.health_addr {
-        let bound = crate::health::serve(addr, key_sync.ready_check()).map_err(|source| {
-            LauncherError::Health {
-                addr: addr.clone(),
-                source,
-            }
-        })?;
-        log::info!("health checks on http://{bound}/healthz and /readyz");
+        let metrics = std::sync::Arc::new(|out: &mut String| {
+            crate::metrics::LAUNCHER.render(out);
+            crate::metrics::KEYSYNC.render(out);
+        });
+        let bound =
+            crate::health::serve(addr, key_sync.ready_check(), metrics).map_err(|source| {
+                LauncherError::Health {
+                    addr: addr.clone(),
+                    source,
+                }
+            })?;
+        log::info!("health checks on http://{bound}/healthz and /readyz, metrics on /metrics");
     }
     if let Err(e) = pid1::become_subreaper() {
         log::warn!("cannot become a child subreaper ({e}); orphans will go to the real init");
@@ -161,6 +166,7 @@ pub fn run(config: Config) -> Result<i32, LauncherError> {
         command: config.command.join(" "),
         source,
     })?;
+    crate::metrics::LAUNCHER.agent_running.set(1);
     log::info!(
         "started the SSM agent {:?} as pid {agent}",
         config.command.join(" ")
@@ -168,6 +174,10 @@ pub fn run(config: Config) -> Result<i32, LauncherError> {
     let exit = pid1::supervise(blocked, agent)
         .map_err(|e| LauncherError::Internal(format!("waiting for signals failed: {e}")))?;
     log::info!("the SSM agent exited: {exit}");
+    crate::metrics::LAUNCHER.agent_running.set(0);
+    crate::metrics::LAUNCHER
+        .last_exit_code
+        .set(i64::from(exit.code()));
     pid1::finish_descendants(blocked, DESCENDANT_GRACE);
     key_sync.last_look(FINAL_SYNC);
     Ok(exit.code())

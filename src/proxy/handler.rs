@@ -22,6 +22,7 @@ use crate::http::{
     self, Body, BodyError, Buffered, Framing, HeadError, HeadReader, RequestHead, ResponseHead,
     Step, Version,
 };
+use crate::metrics::{self, RefusalReason, PROXY};
 
 /// What happened to one request, for the audit log and the connection loop.
 pub(super) struct Outcome {
@@ -125,6 +126,10 @@ fn next_head(
 /// A head we could not read: the status it calls for (if any), then close.
 fn answer_bad_head(stream: &Stream, e: HeadError) {
     let Some(status) = e.status() else { return };
+    PROXY.refused(match status {
+        400 => RefusalReason::Framing,
+        _ => RefusalReason::Limits,
+    });
     let started = Instant::now();
     let message = e.message();
     let body = policy::status_body(status, &message);
@@ -153,7 +158,17 @@ fn request(
 ) -> bool {
     let _in_flight = InFlight::enter(shared);
     let started = Instant::now();
+    let class = metrics::method_class(head.method(), head.target());
+    let watch = metrics::METHOD_CLASSES[class] == "watch";
+    if watch {
+        PROXY.watches.inc();
+    }
     let outcome = handle(shared, stream, reader, head, state);
+    if watch {
+        PROXY.watches.dec();
+    }
+    PROXY.request(class, outcome.status, started.elapsed());
+    PROXY.bytes_out.add(outcome.bytes);
     audit::record(&audit::Entry {
         identity: &state.identity,
         method: head.method(),
@@ -206,25 +221,41 @@ struct Admitted<'h> {
 /// The policy checks, in order. A refusal says whether the connection must close (a body
 /// left unread, or a request we could not frame).
 fn admit<'h>(shared: &Shared, head: &'h RequestHead) -> Result<Admitted<'h>, (Refusal, bool)> {
+    // Each refusal counted by its reason (label values from a fixed set).
+    let counted = |why: RefusalReason| move |_: &Refusal| PROXY.refused(why);
     let framing = http::request_framing(head).map_err(|why| {
         let r = Refusal {
             status: 400,
             message: format!("malformed request: {why}"),
         };
+        PROXY.refused(RefusalReason::Framing);
         (r, true)
     })?;
     let has_body = framing != Framing::Empty;
     let checked = policy::check_host(head)
-        .and_then(|_| policy::check_upgrade(head))
-        .and_then(|_| policy::identity(head));
+        .inspect_err(counted(RefusalReason::Framing))
+        .and_then(|_| policy::check_upgrade(head).inspect_err(counted(RefusalReason::Upgrade)))
+        .and_then(|_| {
+            policy::identity(head).inspect_err(|r| {
+                PROXY.refused(match r.status {
+                    401 => RefusalReason::NoIdentity,
+                    _ => RefusalReason::BadIdentity,
+                })
+            })
+        });
     let identity = checked.map_err(|r| {
         let close = has_body || r.status == 501;
         (r, close)
     })?;
     if shared.read_only {
-        policy::check_read_only(head).map_err(|r| (r, has_body))?;
+        policy::check_read_only(head)
+            .inspect_err(counted(RefusalReason::ReadOnly))
+            .map_err(|r| (r, has_body))?;
     }
-    let expect_continue = policy::expects_continue(head).map_err(|r| (r, true))? && has_body;
+    let expect_continue = policy::expects_continue(head)
+        .inspect_err(counted(RefusalReason::Framing))
+        .map_err(|r| (r, true))?
+        && has_body;
     Ok(Admitted {
         framing,
         identity,
@@ -290,7 +321,10 @@ fn fail(stream: &Stream, head: &RequestHead, mut out: Outcome, f: Failure) -> Ou
             out.note = Some("client went away before the response".into());
             return out;
         }
-        Failure::ClientBody(e) => (400, format!("request body: {e}")),
+        Failure::ClientBody(e) => {
+            PROXY.refused(RefusalReason::Framing);
+            (400, format!("request body: {e}"))
+        }
         Failure::ClientSlow => (
             408,
             "the request body did not arrive in time (see --proxy.ioTimeout)".into(),
@@ -443,6 +477,7 @@ fn send_body(
             }
             Step::Data(n) => {
                 let piece = &reader.buffered()[..n];
+                PROXY.bytes_in.add(n as u64);
                 if chunked {
                     write!(w, "{n:x}\r\n").map_err(up_err)?;
                     w.write_all(piece).map_err(up_err)?;

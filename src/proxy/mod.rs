@@ -210,13 +210,23 @@ fn serve_health(
     listener: &Arc<Listener>,
 ) -> Result<(), ProxyError> {
     let (s, l) = (shared.clone(), listener.clone());
-    let bound = crate::health::serve(addr, Arc::new(move || ready(&s, &l))).map_err(|source| {
-        ProxyError::Health {
-            addr: addr.to_string(),
-            source,
-        }
-    })?;
-    log::info!("health checks on http://{bound}/healthz and /readyz");
+    let m = shared.clone();
+    let metrics = Arc::new(move |out: &mut String| {
+        let gauges = crate::metrics::ProxyGauges {
+            in_flight: m.in_flight.load(Ordering::Relaxed),
+            upstream_open: m.upstream.open_connections(),
+            upstream_idle: m.upstream.idle_connections(),
+        };
+        crate::metrics::PROXY.render(out, &gauges);
+    });
+    let bound =
+        crate::health::serve(addr, Arc::new(move || ready(&s, &l)), metrics).map_err(|source| {
+            ProxyError::Health {
+                addr: addr.to_string(),
+                source,
+            }
+        })?;
+    log::info!("health checks on http://{bound}/healthz and /readyz, metrics on /metrics");
     Ok(())
 }
 
@@ -241,7 +251,9 @@ fn start_threads(
             // Credentials: a stat of two files twice a second; idle connections: every 5 s.
             for tick in 1u64.. {
                 std::thread::sleep(Duration::from_millis(500));
-                s.upstream.refresh_credentials();
+                if s.upstream.refresh_credentials() {
+                    crate::metrics::PROXY.credential_reloads.inc();
+                }
                 if tick % 10 == 0 {
                     s.upstream.reap_idle();
                 }
@@ -293,6 +305,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &Listener) {
         }
         if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.limits.max_connections {
             shared.active.fetch_sub(1, Ordering::SeqCst);
+            crate::metrics::PROXY.refused(crate::metrics::RefusalReason::Limits);
             reject(shared, stream);
             continue;
         }

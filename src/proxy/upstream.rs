@@ -469,6 +469,11 @@ impl Upstream {
         Ok(up)
     }
 
+    /// Idle upstream connections kept for reuse (counting those a client connection holds).
+    pub fn idle_connections(&self) -> usize {
+        self.idle_total.load(Ordering::Relaxed)
+    }
+
     /// Upstream connections open right now (in use or idle).
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::SeqCst)
@@ -623,7 +628,25 @@ impl Upstream {
         self.connect(creds.tls()?)
     }
 
+    /// Opens a connection, counted in the metrics: opened, or failed by cause.
     fn connect(&self, tls: Option<(Arc<ClientConfig>, u64)>) -> Result<Conn, UpstreamError> {
+        use crate::metrics::{ConnectFailure, PROXY};
+        let made = self.open_conn(tls);
+        match &made {
+            Ok(_) => PROXY.upstream_opened.inc(),
+            Err(UpstreamError::Tls(_)) => PROXY.upstream_failed(ConnectFailure::Tls),
+            Err(UpstreamError::Io(e)) if crate::http::is_timeout(e) => {
+                PROXY.upstream_failed(ConnectFailure::Timeout)
+            }
+            Err(UpstreamError::Connect(m)) if m.contains("timed out") => {
+                PROXY.upstream_failed(ConnectFailure::Timeout)
+            }
+            Err(_) => PROXY.upstream_failed(ConnectFailure::Connect),
+        }
+        made
+    }
+
+    fn open_conn(&self, tls: Option<(Arc<ClientConfig>, u64)>) -> Result<Conn, UpstreamError> {
         let addrs = (self.target.host.as_str(), self.target.port)
             .to_socket_addrs()
             .map_err(|e| UpstreamError::Connect(format!("{}: {e}", self.target.authority)))?;
