@@ -249,17 +249,7 @@ pub struct ProxyMetrics {
     pub credential_reloads: Counter,
 }
 
-pub static PROXY: ProxyMetrics = ProxyMetrics {
-    requests: [const { [const { Counter::new() }; CODES] }; 4],
-    durations: [const { Histogram::new() }; 4],
-    watches: Gauge::new(),
-    refused: [const { Counter::new() }; 6],
-    bytes_in: Counter::new(),
-    bytes_out: Counter::new(),
-    upstream_opened: Counter::new(),
-    upstream_failures: [const { Counter::new() }; 3],
-    credential_reloads: Counter::new(),
-};
+pub static PROXY: ProxyMetrics = ProxyMetrics::new();
 
 /// Gauges the proxy reads from its own state at scrape time.
 pub struct ProxyGauges {
@@ -269,6 +259,20 @@ pub struct ProxyGauges {
 }
 
 impl ProxyMetrics {
+    const fn new() -> ProxyMetrics {
+        ProxyMetrics {
+            requests: [const { [const { Counter::new() }; CODES] }; 4],
+            durations: [const { Histogram::new() }; 4],
+            watches: Gauge::new(),
+            refused: [const { Counter::new() }; 6],
+            bytes_in: Counter::new(),
+            bytes_out: Counter::new(),
+            upstream_opened: Counter::new(),
+            upstream_failures: [const { Counter::new() }; 3],
+            credential_reloads: Counter::new(),
+        }
+    }
+
     /// One answered request (every request passes through the proxy's `handler::request`).
     pub fn request(&self, class: usize, status: u16, took: Duration) {
         let class = class.min(3);
@@ -596,17 +600,7 @@ mod tests {
 
     #[test]
     fn proxy_render_counts_and_has_no_duplicate_families() {
-        let m = ProxyMetrics {
-            requests: [const { [const { Counter::new() }; CODES] }; 4],
-            durations: [const { Histogram::new() }; 4],
-            watches: Gauge::new(),
-            refused: [const { Counter::new() }; 6],
-            bytes_in: Counter::new(),
-            bytes_out: Counter::new(),
-            upstream_opened: Counter::new(),
-            upstream_failures: [const { Counter::new() }; 3],
-            credential_reloads: Counter::new(),
-        };
+        let m = ProxyMetrics::new();
         m.request(0, 200, Duration::from_millis(1));
         m.request(0, 200, Duration::from_millis(1));
         m.request(2, 403, Duration::from_millis(1));
