@@ -7,6 +7,7 @@ use std::time::Duration;
 use eks_connector::cli::{self, Flag, Kind, Parsed, Program, MAX_DURATION};
 use eks_connector::http::HeadLimits;
 use eks_connector::proxy::{self, Config, Limits, ListenAddr, PoolConfig, Target};
+use eks_connector::{keysync, signals};
 
 const PROGRAM: &str = "eks-connector-proxy";
 
@@ -44,7 +45,8 @@ const FLAGS: &[Flag] = &[
 ];
 
 const ABOUT: &str = "Proxies the EKS console's Kubernetes API requests with impersonation. \
-The --state.* flags are accepted for compatibility with the original and unused.";
+When the SSM agent's Vault (--state.baseDir) is mounted here, it also copies every rotated key to \
+the state Secret, as the original's server did (the original's pod layout).";
 
 fn check_socket_addr(v: &str) -> Result<(), String> {
     if v.starts_with('/') {
@@ -73,7 +75,30 @@ pub fn main() -> ExitCode {
     let p = cli::parse_or_exit(&program, std::env::args_os().skip(1).collect());
     cli::init_logging();
     let config = config(&p).unwrap_or_else(|e| cli::usage_exit(PROGRAM, e));
-    match proxy::run(config) {
+    // Before the key-sync thread exists, so that it inherits the blocked mask and SIGTERM
+    // reaches the proxy's wait, not the default action.
+    if let Err(e) = signals::block(&[signals::SIGTERM, signals::SIGINT]) {
+        log::error!("cannot block signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    let state = cli::StateFlags::from(&p);
+    let sync = match keysync::start_if_mounted(
+        std::path::Path::new(&state.base_dir),
+        &state.secret_namespace,
+        &state.secret_prefix,
+        &config.sa_dir,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = proxy::run_with(config, sync.as_ref().map(|s| s.ready_check()));
+    if let Some(s) = sync {
+        s.last_look(keysync::FINAL_LOOK);
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");

@@ -14,6 +14,8 @@
 
 #[path = "eks-connector-init.rs"]
 mod init;
+#[path = "eks-connector-keysync.rs"]
+mod keysync;
 #[path = "eks-connector-agent.rs"]
 mod launcher;
 #[path = "eks-connector-proxy.rs"]
@@ -26,10 +28,11 @@ use std::process::{Command, ExitCode};
 
 use eks_connector::cli::EXIT_USAGE;
 
-const USAGE: &str = "usage: eks-connector init|server|agent [FLAGS...]\n  \
+const USAGE: &str = "usage: eks-connector init|server|agent|keysync [FLAGS...]\n  \
 init    register with SSM and write the Vault (eks-connector-init)\n  \
 server  the Kubernetes API proxy (eks-connector-proxy; `proxy` works too)\n  \
-agent   the launcher: PID 1 guarding the SSM agent (eks-connector-agent)\n\
+agent   the launcher: PID 1 guarding the SSM agent (eks-connector-agent)\n  \
+keysync copy rotated keys from the Vault to the state Secret (eks-connector-keysync)\n\
 Each command's flags: eks-connector COMMAND --help";
 
 /// The program for a first word of the original's argument lists.
@@ -38,6 +41,7 @@ fn program_for_word(word: &OsStr) -> Option<&'static str> {
         "init" => Some("eks-connector-init"),
         "server" | "proxy" => Some("eks-connector-proxy"),
         "agent" => Some("eks-connector-agent"),
+        "keysync" => Some("eks-connector-keysync"),
         _ => None,
     }
 }
@@ -48,6 +52,7 @@ fn program_for_argv0(argv0: &OsStr) -> Option<&'static str> {
         "eks-connector-init" => Some("eks-connector-init"),
         "eks-connector-proxy" => Some("eks-connector-proxy"),
         "eks-connector-agent" => Some("eks-connector-agent"),
+        "eks-connector-keysync" => Some("eks-connector-keysync"),
         _ => None,
     }
 }
@@ -69,6 +74,10 @@ fn main() -> ExitCode {
             launcher::main();
             return ExitCode::SUCCESS;
         }
+        Some("eks-connector-keysync") => {
+            keysync::main();
+            return ExitCode::SUCCESS;
+        }
         _ => {}
     }
     let Some(first) = args.first().cloned() else {
@@ -88,14 +97,20 @@ fn main() -> ExitCode {
     }
     let Some(name) = program_for_word(&first) else {
         eprintln!(
-            "eks-connector: unknown command {:?}; expected init, server or agent\n{USAGE}",
+            "eks-connector: unknown command {:?}; expected init, server, agent or keysync\n{USAGE}",
             first.to_string_lossy()
         );
         std::process::exit(EXIT_USAGE);
     };
     // Re-execute ourselves under the program's name: exec only returns on failure.
-    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-    let err = Command::new(&exe).arg0(name).args(&args[1..]).exec();
+    // /proc/self/exe first: it names this very file even when the path we were started by is
+    // gone or replaced (an image layer swapped, a bind mount of a rebuilt binary).
+    let mut exe = std::path::PathBuf::from("/proc/self/exe");
+    let mut err = Command::new(&exe).arg0(name).args(&args[1..]).exec();
+    if let Ok(path) = std::env::current_exe() {
+        exe = path;
+        err = Command::new(&exe).arg0(name).args(&args[1..]).exec();
+    }
     eprintln!(
         "eks-connector: cannot run {} as {name}: {err}",
         exe.display()

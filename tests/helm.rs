@@ -418,7 +418,7 @@ fn bug5_secret_namespace_override_keeps_the_subject_where_the_service_account_is
     );
     let sts = one(&objs, "StatefulSet");
     for c in containers(sts) {
-        if c["name"] == "connector-init" || c["name"] == "connector-agent" {
+        if c["name"] == "connector-init" || c["name"] == "connector-keysync" {
             assert!(
                 strings(&c["args"]).contains(&format!("--state.secretNamespace={}", state.name)),
                 "{c}"
@@ -1021,6 +1021,7 @@ fn a_release_of_the_original_upgrades_to_ours_with_reuse_values_and_rolls_back()
             "connector-install-launcher",
             "connector-init",
             "connector-agent",
+            "connector-keysync",
             "connector-proxy"
         ]
     );

@@ -29,10 +29,11 @@ use ssm_stub::{pki, Stub};
 const CONSOLE_USER: &str = "arn:aws:iam::111122223333:role/EKSConsoleViewer";
 const AGENT_CONFIG: &str = r#"{"Profile":{"KeyAutoRotateDays":7},"Agent":{"ContainerMode":true},"Identity":{"ConsumptionOrder":["OnPrem"]}}"#;
 /// The containers, named as the original's so AWS's troubleshooting commands work.
-const CONTAINERS: [&str; 4] = [
+const CONTAINERS: [&str; 5] = [
     "connector-install-launcher",
     "connector-init",
     "connector-agent",
+    "connector-keysync",
     "connector-proxy",
 ];
 /// Components that the dry runs apply to the base one at a time.
@@ -385,7 +386,10 @@ fn statefulset_follows_the_security_and_footprint_rules() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, CONTAINERS, "the original's container names");
+    assert_eq!(
+        names, CONTAINERS,
+        "the original's container names, and the key sync's own"
+    );
     // The agent's liveness asks our launcher only (never /readyz, which follows the Secret), and
     // gives it minutes: it cannot restart a healthy agent over a slow moment.
     let live = &container(sts, "connector-agent")["livenessProbe"];
@@ -469,23 +473,26 @@ fn statefulset_follows_the_security_and_footprint_rules() {
         let expected: &[&str] = match name {
             "connector-install-launcher" => &["launcher"],
             "connector-init" => &["vault", "serviceaccount"],
+            // No token where SSM runs commands as root: the key sync has its own container.
             "connector-agent" => &[
                 "launcher",
                 "shared",
                 "vault",
                 "agent-config",
                 "agent-config",
-                "serviceaccount",
             ],
+            "connector-keysync" => &["vault", "serviceaccount"],
             "connector-proxy" => &["shared", "serviceaccount"],
             other => panic!("unexpected container {other}"),
         };
         assert_eq!(mounts, expected, "{name}: only the mounts it needs");
-        if name != "connector-agent" {
+        if name != "connector-agent" && name != "connector-keysync" {
             assert!(
                 sc["capabilities"]["add"].is_null(),
                 "{name}: no added capabilities"
             );
+        }
+        if name != "connector-agent" {
             assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
         }
     }
@@ -498,10 +505,17 @@ fn statefulset_follows_the_security_and_footprint_rules() {
         strings(&container(sts, "connector-agent")["securityContext"]["capabilities"]["add"]),
         ["DAC_OVERRIDE"]
     );
+    // The key sync: root to reach the agent's root-owned 0600 Vault, and the one capability
+    // Pod Security "baseline" admits that lets it in (DAC_READ_SEARCH is not admitted).
+    assert_eq!(
+        strings(&container(sts, "connector-keysync")["securityContext"]["capabilities"]["add"]),
+        ["DAC_OVERRIDE"]
+    );
     // Probes hit the port the binary serves health on.
     for (name, probes) in [
         ("connector-proxy", &["livenessProbe", "readinessProbe"][..]),
-        ("connector-agent", &["livenessProbe", "readinessProbe"][..]),
+        ("connector-agent", &["livenessProbe"][..]),
+        ("connector-keysync", &["readinessProbe"][..]),
     ] {
         let c = container(sts, name);
         let addr = strings(&c["args"])
@@ -1200,11 +1214,6 @@ fn runs_as_written(env: &'static Cluster, oldest: bool) {
     let e = container_env(spec, secret, pod, &ns);
     let mut args = argv(spec, &e);
     assert_eq!(args[0], "/var/eks/launcher/eks-connector-agent");
-    replace_flag(
-        &mut args,
-        "--health.addr",
-        &format!("127.0.0.1:{}", image_env::free_port()),
-    );
     args.extend([
         "--".into(),
         "/usr/local/bin/eks-connector-proxy".into(),

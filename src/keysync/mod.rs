@@ -23,7 +23,12 @@
 //! proxy's `server` tomorrow): [`KeySync::start`], [`KeySync::ready_check`] for `/readyz`, and
 //! [`KeySync::last_look`] once the agent has exited.
 
+mod beside;
+mod exclusive;
+mod repair;
 mod settle;
+
+pub use beside::start_if_mounted;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -54,6 +59,9 @@ const ATTEMPT_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_RECHECK: Duration = Duration::from_secs(120);
 /// A changed file that has not settled into a complete registration for this long is logged.
 const INCOMPLETE_WARN: Duration = Duration::from_secs(10);
+/// How long a caller gives the last look once the agent has stopped (well within Kubernetes'
+/// default 30 s termination grace period).
+pub const FINAL_LOOK: Duration = Duration::from_secs(5);
 
 /// What the sync thread needs.
 #[derive(Debug, Clone)]
@@ -79,6 +87,8 @@ pub enum Status {
     InSync,
     /// The Secret does not (yet) hold the Vault's registration: why.
     Pending(String),
+    /// Another process syncs this Vault ([`exclusive`]); this one takes over when it stops.
+    Standby(String),
 }
 
 struct Shared {
@@ -140,6 +150,7 @@ impl KeySync {
                 Err("the state Secret has not been compared with the Vault yet".into())
             }
             Status::Pending(why) => Err(why.clone()),
+            Status::Standby(_) => Ok(()),
         })
     }
 
@@ -175,7 +186,7 @@ impl KeySync {
     pub fn last_look(self, deadline: Duration) -> Status {
         let status = self.finish(deadline);
         match &status {
-            Status::InSync => {}
+            Status::InSync | Status::Standby(_) => {}
             Status::Starting => log::error!("the Vault was never compared with the state Secret"),
             Status::Pending(why) => {
                 log::error!("exiting with the state Secret not in sync: {why}")
@@ -202,6 +213,11 @@ struct Worker {
     incomplete_warned: bool,
     last_incomplete: Option<String>,
     next_recheck: Instant,
+    /// Held while this process is the one that syncs the Vault.
+    vault_lock: Option<exclusive::VaultLock>,
+    standing_by: bool,
+    /// The repair was tried for the current incomplete spell.
+    repair_tried: bool,
 }
 
 impl Worker {
@@ -226,6 +242,9 @@ impl Worker {
             incomplete_since: None,
             incomplete_warned: false,
             last_incomplete: None,
+            vault_lock: None,
+            standing_by: false,
+            repair_tried: false,
         }
     }
 
@@ -270,14 +289,19 @@ impl Worker {
         loop {
             let stop = lock(&self.shared).stop;
             if stop {
-                self.final_flush();
+                if self.vault_lock.is_some() {
+                    self.final_flush();
+                }
                 return;
             }
             let now = Instant::now();
-            self.watch_tick(now);
-            self.warn_if_stuck(now);
-            self.maybe_recheck(now);
-            self.maybe_push();
+            if self.may_sync() {
+                self.watch_tick(now);
+                self.repair_if_stuck(now);
+                self.warn_if_stuck(now);
+                self.maybe_recheck(now);
+                self.maybe_push();
+            }
             let g = lock(&self.shared);
             if !g.stop {
                 let _ = self.shared.1.wait_timeout(g, POLL);
@@ -304,6 +328,7 @@ impl Worker {
                 self.incomplete_since = None;
                 self.incomplete_warned = false;
                 self.last_incomplete = None;
+                self.repair_tried = false;
                 if !self.target.as_ref().is_some_and(|t| t.same_files(&reg)) {
                     if self.target.is_some() {
                         crate::metrics::KEYSYNC.rotations.inc();
@@ -326,6 +351,72 @@ impl Worker {
             }
         }
         self.update_status();
+    }
+
+    /// Whether this process syncs the Vault: it holds the Vault's lock, or takes it now. A Vault
+    /// directory that cannot be opened cannot be read either: the sync goes on and says so.
+    fn may_sync(&mut self) -> bool {
+        if self.vault_lock.is_some() {
+            return true;
+        }
+        match exclusive::try_lock(&self.config.base_dir) {
+            Ok(Some(l)) => {
+                if self.standing_by {
+                    log::info!(
+                        "the other key sync of the Vault {} stopped: this process syncs it now",
+                        self.config.base_dir.display()
+                    );
+                    self.standing_by = false;
+                    self.set_status(Status::Starting);
+                }
+                self.vault_lock = Some(l);
+                true
+            }
+            Ok(None) => {
+                let why = format!(
+                    "another process (an agent launcher with a token?) already keeps Secret {} in \
+                     step with the Vault {}: this one stands by and takes over when it stops",
+                    self.secret_ref(),
+                    self.config.base_dir.display()
+                );
+                if !self.standing_by {
+                    log::info!("{why}");
+                    self.standing_by = true;
+                }
+                self.set_status(Status::Standby(why));
+                false
+            }
+            Err(e) => {
+                log::debug!("cannot lock {}: {e}", self.config.base_dir.display());
+                true
+            }
+        }
+    }
+
+    /// The repair rule ([`repair`]): a Vault incomplete for long is restored from the Secret.
+    fn repair_if_stuck(&mut self, now: Instant) {
+        let (Some(since), Some(why)) = (self.incomplete_since, self.last_incomplete.clone()) else {
+            return;
+        };
+        if self.repair_tried || now.duration_since(since) < repair::REPAIR_AFTER {
+            return;
+        }
+        self.repair_tried = true;
+        match repair::restore_from_secret(&self.config) {
+            Ok(reg) => log::warn!(
+                "the Vault has held no complete registration for {}s ({why}); restored the Vault \
+                 from Secret {} (instance {}) so that the SSM agent can start again",
+                repair::REPAIR_AFTER.as_secs(),
+                self.secret_ref(),
+                reg.instance_id()
+            ),
+            Err(e) => log::error!(
+                "the Vault is incomplete ({why}) and cannot be repaired from Secret {}: {e}; the \
+                 SSM agent cannot start on it: delete the pod so that init restores the Vault, \
+                 or register again",
+                self.secret_ref()
+            ),
+        }
     }
 
     /// One warning when changed files stay incomplete for long (a writer died mid-file?).

@@ -132,30 +132,46 @@ pub fn run(config: Config) -> Result<i32, LauncherError> {
         config.base_dir.display(),
         registration.instance_id()
     );
-    let endpoint = match &config.endpoint {
-        Some(e) => e.clone(),
-        None => Endpoint::from_env().map_err(LauncherError::Kube)?,
+    // Our manifests give this container no token (SSM runs commands in it as root): the
+    // connector-keysync container syncs. A token here (an older manifest) means the sync runs
+    // here too; the Vault lock keeps two syncs from fighting.
+    let sa = ServiceAccountDir::new(&config.serviceaccount_dir);
+    let key_sync = if sa.token().exists() {
+        let endpoint = match &config.endpoint {
+            Some(e) => e.clone(),
+            None => Endpoint::from_env().map_err(LauncherError::Kube)?,
+        };
+        let sync = crate::keysync::KeySync::start(crate::keysync::Config {
+            base_dir: config.base_dir.clone(),
+            namespace: config.namespace.clone(),
+            secret_name: config.secret_name.clone(),
+            endpoint,
+            serviceaccount: sa,
+            recheck: config.recheck,
+        })
+        .map_err(|e| LauncherError::Internal(format!("cannot start the key-sync thread: {e}")))?;
+        Some(sync)
+    } else {
+        log::info!(
+            "no service-account token at {}: no key sync here (the connector-keysync container \
+             does it); this launcher starts and guards the agent",
+            sa.token().display()
+        );
+        None
     };
-    let key_sync = crate::keysync::KeySync::start(crate::keysync::Config {
-        base_dir: config.base_dir.clone(),
-        namespace: config.namespace.clone(),
-        secret_name: config.secret_name.clone(),
-        endpoint,
-        serviceaccount: ServiceAccountDir::new(&config.serviceaccount_dir),
-        recheck: config.recheck,
-    })
-    .map_err(|e| LauncherError::Internal(format!("cannot start the key-sync thread: {e}")))?;
     if let Some(addr) = &config.health_addr {
+        let ready = match &key_sync {
+            Some(k) => k.ready_check(),
+            None => std::sync::Arc::new(|| Ok(())),
+        };
         let metrics = std::sync::Arc::new(|out: &mut String| {
             crate::metrics::LAUNCHER.render(out);
             crate::metrics::KEYSYNC.render(out);
         });
         let bound =
-            crate::health::serve(addr, key_sync.ready_check(), metrics).map_err(|source| {
-                LauncherError::Health {
-                    addr: addr.clone(),
-                    source,
-                }
+            crate::health::serve(addr, ready, metrics).map_err(|source| LauncherError::Health {
+                addr: addr.clone(),
+                source,
             })?;
         log::info!("health checks on http://{bound}/healthz and /readyz, metrics on /metrics");
     }
@@ -179,6 +195,8 @@ pub fn run(config: Config) -> Result<i32, LauncherError> {
         .last_exit_code
         .set(i64::from(exit.code()));
     pid1::finish_descendants(blocked, DESCENDANT_GRACE);
-    key_sync.last_look(FINAL_SYNC);
+    if let Some(k) = key_sync {
+        k.last_look(FINAL_SYNC);
+    }
     Ok(exit.code())
 }

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::health::ReadyCheck;
 pub use listener::ListenAddr;
 pub use upstream::{PoolConfig, Target};
 
@@ -149,6 +150,12 @@ const MAX_REJECTING: usize = 32;
 /// Runs the proxy until SIGTERM or SIGINT, then stops gracefully. Call from `main` before any
 /// other thread is started (signals are blocked here and inherited by every thread).
 pub fn run(config: Config) -> Result<(), ProxyError> {
+    run_with(config, None)
+}
+
+/// [`run`], with `also_ready` (e.g. the key sync this process runs beside the proxy) part of
+/// `/readyz`: not ready while it says why not.
+pub fn run_with(config: Config, also_ready: Option<ReadyCheck>) -> Result<(), ProxyError> {
     let blocked = crate::signals::block(&[crate::signals::SIGTERM, crate::signals::SIGINT])
         .map_err(ProxyError::Signals)?;
     raise_fd_limit();
@@ -177,7 +184,7 @@ pub fn run(config: Config) -> Result<(), ProxyError> {
         read_only: config.read_only,
     });
     if let Some(addr) = &config.health_addr {
-        serve_health(addr, &shared, &listener)?;
+        serve_health(addr, &shared, &listener, also_ready)?;
     }
     let acceptor = start_threads(&shared, &listener)?;
     let signal = loop {
@@ -208,6 +215,7 @@ fn serve_health(
     addr: &str,
     shared: &Arc<Shared>,
     listener: &Arc<Listener>,
+    also_ready: Option<ReadyCheck>,
 ) -> Result<(), ProxyError> {
     let (s, l) = (shared.clone(), listener.clone());
     let m = shared.clone();
@@ -219,13 +227,16 @@ fn serve_health(
         };
         crate::metrics::PROXY.render(out, &gauges);
     });
-    let bound =
-        crate::health::serve(addr, Arc::new(move || ready(&s, &l)), metrics).map_err(|source| {
-            ProxyError::Health {
-                addr: addr.to_string(),
-                source,
-            }
-        })?;
+    let check = move || {
+        ready(&s, &l)?;
+        also_ready.as_ref().map_or(Ok(()), |c| c())
+    };
+    let bound = crate::health::serve(addr, Arc::new(check), metrics).map_err(|source| {
+        ProxyError::Health {
+            addr: addr.to_string(),
+            source,
+        }
+    })?;
     log::info!("health checks on http://{bound}/healthz and /readyz, metrics on /metrics");
     Ok(())
 }

@@ -29,6 +29,9 @@ resources:
   agent:
     requests: {cpu: 50m, memory: 64Mi}
     limits: {cpu: "1", memory: 256Mi}
+  keysync:
+    requests: {cpu: 10m, memory: 8Mi}
+    limits: {cpu: 200m, memory: 32Mi}
   proxy:
     requests: {cpu: 20m, memory: 16Mi}
     limits: {cpu: "1", memory: 64Mi}
