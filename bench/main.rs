@@ -1,18 +1,25 @@
 //! Benchmark of eks-connector-proxy (not a test: it reports figures, it asserts nothing).
 //!
 //! One run, side by side, on a local keep-alive TLS backend (in this program, rustls, a test CA
-//! made with the `openssl` CLI) answering ~4 KiB JSON:
-//! - direct (client speaks TLS to the backend) vs through the proxy (TCP mode), 1 and 16
-//!   concurrent keep-alive connections: throughput, p50/p99 latency;
-//! - sequential `curl --unix-socket` requests (the SSM agent's path);
-//! - the proxy's RSS idle, peak under load and after; upstream connections open after the load
-//!   and opened in total;
-//! - 1,000 concurrent idle watches (a backend endpoint holding a chunked response open): RSS.
+//! made with the `openssl` CLI) answering ~4 KiB JSON, for one or more proxy binaries (e.g. the
+//! build of `main` before a change and the build after it):
+//! - direct (client speaks TLS to the backend), each proxy (TCP mode) and nginx as a reverse
+//!   proxy (1 worker, and one per CPU), at 1 and 16 concurrent keep-alive connections:
+//!   throughput, p50/p99 latency. Fair: every proxy writes one log line per request to a file
+//!   (our audit line on stderr redirected to a file; nginx's access log), TLS sessions and
+//!   upstream connections are reused by all;
+//! - a new connection per request, as the console's traffic arrives through the SSM agent: a
+//!   client that connects to the unix socket, sends one request, reads the answer and closes,
+//!   vs a new direct TLS connection per request (session resumption on, as any TLS client);
+//! - sequential `curl --unix-socket` requests (process start-up dominates: for reference);
+//! - each proxy's RSS idle, peak under load and after; upstream connections; 1,000 concurrent
+//!   idle watches (a backend endpoint holding a chunked response open): RSS.
 //!
-//! Usage: proxy-bench --proxy PATH [--seconds N] [--out FILE]
+//! Usage: proxy-bench --proxy [LABEL=]PATH [--proxy ...] [--seconds N] [--out FILE]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,14 +46,15 @@ fn main() {
 }
 
 struct Args {
-    proxy: PathBuf,
+    /// (label, binary)
+    proxies: Vec<(String, PathBuf)>,
     seconds: u64,
     out: Option<PathBuf>,
 }
 
 fn args() -> Res<Args> {
     let mut a = Args {
-        proxy: PathBuf::new(),
+        proxies: Vec::new(),
         seconds: 5,
         out: None,
     };
@@ -54,20 +62,54 @@ fn args() -> Res<Args> {
     while let Some(k) = it.next() {
         let mut v = || it.next().ok_or(format!("{k} needs a value"));
         match k.as_str() {
-            "--proxy" => a.proxy = v()?.into(),
+            "--proxy" => {
+                let v = v()?;
+                let (label, path) = v.split_once('=').unwrap_or(("proxy", &v));
+                a.proxies.push((label.to_string(), path.into()));
+            }
             "--seconds" => a.seconds = v()?.parse().map_err(|_| "--seconds needs a number")?,
             "--out" => a.out = Some(v()?.into()),
             _ => {
                 return Err(format!(
-                "unknown argument {k}; usage: proxy-bench --proxy PATH [--seconds N] [--out FILE]"
+                "unknown argument {k}; usage: proxy-bench --proxy [LABEL=]PATH [--proxy ...] [--seconds N] [--out FILE]"
             ))
             }
         }
     }
-    if a.proxy.as_os_str().is_empty() {
+    if a.proxies.is_empty() {
         return Err("--proxy PATH (a release build of eks-connector-proxy) is required".into());
     }
     Ok(a)
+}
+
+/// One proxy binary under test: a TCP and a unix-socket instance.
+struct UnderTest {
+    label: String,
+    bin: PathBuf,
+    tcp: Child,
+    tcp_port: u16,
+    unix: Child,
+    sock: PathBuf,
+    rss_idle: u64,
+    rss_peak: u64,
+    opened: u64,
+}
+
+/// Everything the run shares.
+struct Bench {
+    dir: PathBuf,
+    pki: Pki,
+    backend: Backend,
+    sa: PathBuf,
+    cfg: Arc<ClientConfig>,
+    dur: Duration,
+}
+
+/// One table row.
+struct Row {
+    run: String,
+    conns: usize,
+    r: LoadResult,
 }
 
 fn run() -> Res<()> {
@@ -79,255 +121,292 @@ fn run() -> Res<()> {
     let pki = make_pki(&dir)?;
     let backend = Backend::start(&pki)?;
     eprintln!("backend on 127.0.0.1:{}", backend.port);
-
     let sa = dir.join("sa");
     std::fs::create_dir_all(&sa).map_err(|e| e.to_string())?;
     std::fs::write(sa.join("token"), "bench-token-not-a-secret").map_err(|e| e.to_string())?;
     std::fs::copy(&pki.ca, sa.join("ca.crt")).map_err(|e| e.to_string())?;
+    let cfg = client_config(&pki.ca)?;
+    let b = Bench {
+        dir,
+        pki,
+        backend,
+        sa,
+        cfg,
+        dur: Duration::from_secs(args.seconds),
+    };
+    let mut uts = Vec::new();
+    for (i, (label, bin)) in args.proxies.iter().enumerate() {
+        uts.push(start_under_test(&b, i, label, bin)?);
+    }
+    if let Ok(n) = std::env::var("BENCH_PROFILE") {
+        return profile(&b, &mut uts[0], &n);
+    }
+    let nginx = [1usize, 2]
+        .into_iter()
+        .filter_map(|w| start_nginx(&b.dir, w, b.backend.port, &b.pki.ca).map(|(c, p)| (w, c, p)))
+        .collect::<Vec<_>>();
+    if nginx.is_empty() {
+        eprintln!("nginx is not installed: no reference rows (apt-get install nginx-light)");
+    }
+    let rows = keepalive_rows(&b, &mut uts, &nginx)?;
+    for (_, mut c, _) in nginx {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let per_request = per_request_rows(&b, &uts)?;
+    let footprints: Vec<String> = uts
+        .iter_mut()
+        .map(|ut| footprint(&b, ut))
+        .collect::<Res<_>>()?;
+    let report = report(&args, &uts, &rows, &per_request, &footprints);
+    println!("{report}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &report).map_err(|e| format!("{}: {e}", out.display()))?;
+        eprintln!("written to {}", out.display());
+    }
+    for ut in &mut uts {
+        for c in [&mut ut.tcp, &mut ut.unix] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&b.dir);
+    Ok(())
+}
 
+fn start_under_test(b: &Bench, i: usize, label: &str, bin: &Path) -> Res<UnderTest> {
     let tcp_port = free_port()?;
-    let mut proxy = start_proxy(
-        &args.proxy,
-        &dir,
-        "tcp",
+    let tcp = start_proxy(
+        bin,
+        &b.dir,
+        &format!("tcp-{i}"),
         &[
             "--proxy.socketType=tcp",
             &format!("--proxy.socketAddr=127.0.0.1:{tcp_port}"),
         ],
-        backend.port,
-        &sa,
+        b.backend.port,
+        &b.sa,
     )?;
     wait_tcp(tcp_port)?;
-    let pid = proxy.id();
-    let client_cfg = client_config(&pki.ca)?;
-    let dur = Duration::from_secs(args.seconds);
-
-    // Idle: after one request.
-    one_request(&Target::Proxy(tcp_port), &client_cfg)?;
-    std::thread::sleep(Duration::from_secs(1));
-    let rss_idle = rss_kib(pid);
-
-    // For profiling: BENCH_PROFILE=N runs only the proxy load at N connections for --seconds.
-    if std::env::var("BENCH_PROFILE").as_deref() == Ok("watches") {
-        let w = open_watches(tcp_port, WATCHES)?;
-        eprintln!(
-            "profiling: proxy pid {pid}, {WATCHES} watches open for {} s",
-            dur.as_secs()
-        );
-        std::thread::sleep(dur);
-        println!("RSS {} KiB", rss_kib(pid));
-        drop(w);
-        let _ = proxy.kill();
-        return Ok(());
-    }
-    if let Ok(n) = std::env::var("BENCH_PROFILE") {
-        let n: usize = n.parse().map_err(|_| "BENCH_PROFILE must be a number")?;
-        eprintln!("profiling: proxy pid {pid}, {n} connections");
-        let r = load(&Target::Proxy(tcp_port), &client_cfg, n, dur)?;
-        println!(
-            "{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms",
-            r.rps(),
-            r.pct(50.0),
-            r.pct(99.0)
-        );
-        let _ = proxy.kill();
-        return Ok(());
-    }
-    let mut rows = Vec::new();
-    let mut accepted_during = 0;
-    let mut peak = 0;
-    for conns in [1usize, 16] {
-        let d = load(&Target::Direct(backend.port), &client_cfg, conns, dur)?;
-        let before = backend.accepted.load(Ordering::SeqCst);
-        let (p, peak_rss) = with_rss_sampler(pid, || {
-            load(&Target::Proxy(tcp_port), &client_cfg, conns, dur)
-        })?;
-        accepted_during += backend.accepted.load(Ordering::SeqCst) - before;
-        peak = peak.max(peak_rss);
-        rows.push((conns, d, p));
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    // A C reverse proxy on the same backend, if nginx is installed: the anchors' reference.
-    let mut nginx_rows = Vec::new();
-    if let Some((mut nginx, port)) = start_nginx(&dir, backend.port, &pki.ca) {
-        for (conns, d, _) in &rows {
-            match load(&Target::Proxy(port), &client_cfg, *conns, dur) {
-                Ok(n) => nginx_rows.push((*conns, n.rps() / d.rps().max(1.0), n)),
-                Err(e) => eprintln!("nginx reference run failed: {e}"),
-            }
-        }
-        let _ = nginx.kill();
-        let _ = nginx.wait();
-        if nginx_rows.is_empty() {
-            let log = std::fs::read_to_string(dir.join("nginx/logs/error.log")).unwrap_or_default();
-            eprintln!(
-                "nginx error log:\n{}",
-                log.lines().rev().take(5).collect::<Vec<_>>().join("\n")
-            );
-        }
-    }
-    let open_after = upstream_connections(pid, backend.port);
-    let rss_after = rss_kib(pid);
-
-    // The SSM path: sequential curl over the unix socket, one request per process, and the same
-    // curl straight to the backend over TLS for reference.
-    let sock = dir.join("connector.sock");
-    let mut unix_proxy = start_proxy(
-        &args.proxy,
-        &dir,
-        "unix",
+    let sock = b.dir.join(format!("connector-{i}.sock"));
+    let unix = start_proxy(
+        bin,
+        &b.dir,
+        &format!("unix-{i}"),
         &[
             "--proxy.socketType=unix",
             &format!("--proxy.socketAddr={}", sock.display()),
         ],
-        backend.port,
-        &sa,
+        b.backend.port,
+        &b.sa,
     )?;
     wait_unix(&sock)?;
-    let curl_n = 200;
-    let curl_proxy = curl_series(curl_n, |c| {
-        c.arg("--unix-socket")
-            .arg(&sock)
-            .args(["-H", &format!("x-aws-eks-identity-arn: {IDENTITY}")])
-            .arg(format!("http://localhost{PATH}"));
-    })?;
-    let curl_direct = curl_series(curl_n, |c| {
-        c.arg("--cacert")
-            .arg(&pki.ca)
-            .arg(format!("https://127.0.0.1:{}{PATH}", backend.port));
-    })?;
-    let _ = unix_proxy.kill();
-    let _ = unix_proxy.wait();
-
-    // 1,000 idle watches through the TCP proxy.
-    let rss_before_watches = rss_kib(pid);
-    let started = Instant::now();
-    let watches = open_watches(tcp_port, WATCHES)?;
-    let watch_setup = started.elapsed();
+    one_request(&Target::Proxy(tcp_port), &b.cfg)?;
     std::thread::sleep(Duration::from_secs(1));
+    let rss_idle = rss_kib(tcp.id());
+    Ok(UnderTest {
+        label: label.to_string(),
+        bin: bin.to_path_buf(),
+        tcp,
+        tcp_port,
+        unix,
+        sock,
+        rss_idle,
+        rss_peak: 0,
+        opened: 0,
+    })
+}
+
+/// `BENCH_PROFILE=N`: only the first proxy's load at N connections (attach perf/strace to the
+/// printed pid); `BENCH_PROFILE=watches`: its 1,000 watches held open.
+fn profile(b: &Bench, ut: &mut UnderTest, what: &str) -> Res<()> {
+    let pid = ut.tcp.id();
+    if what == "watches" {
+        let w = open_watches(ut.tcp_port, WATCHES)?;
+        eprintln!("profiling: proxy pid {pid}, {WATCHES} watches open for {:?}", b.dur);
+        std::thread::sleep(b.dur);
+        println!("RSS {} KiB", rss_kib(pid));
+        drop(w);
+    } else {
+        let n: usize = what.parse().map_err(|_| "BENCH_PROFILE must be a number or watches")?;
+        eprintln!("profiling: proxy pid {pid}, {n} connections");
+        let r = load(&Target::Proxy(ut.tcp_port), &b.cfg, n, b.dur, false)?;
+        println!("{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms", r.rps(), r.pct(50.0), r.pct(99.0));
+    }
+    let _ = ut.tcp.kill();
+    let _ = ut.unix.kill();
+    Ok(())
+}
+
+/// Keep-alive load at 1 and 16 connections: direct, each proxy, each nginx, interleaved so
+/// that a change in the machine's load hits them alike.
+fn keepalive_rows(
+    b: &Bench,
+    uts: &mut [UnderTest],
+    nginx: &[(usize, Child, u16)],
+) -> Res<Vec<Row>> {
+    let mut rows = Vec::new();
+    for conns in [1usize, 16] {
+        let r = load(&Target::Direct(b.backend.port), &b.cfg, conns, b.dur, false)?;
+        rows.push(Row { run: "direct (TLS to backend)".into(), conns, r });
+        for ut in uts.iter_mut() {
+            let before = b.backend.accepted.load(Ordering::SeqCst);
+            let (r, peak) = with_rss_sampler(ut.tcp.id(), || {
+                load(&Target::Proxy(ut.tcp_port), &b.cfg, conns, b.dur, false)
+            })?;
+            ut.opened += b.backend.accepted.load(Ordering::SeqCst) - before;
+            ut.rss_peak = ut.rss_peak.max(peak);
+            rows.push(Row { run: format!("{}: eks-connector-proxy (TCP)", ut.label), conns, r });
+        }
+        for (workers, _, port) in nginx {
+            match load(&Target::Proxy(*port), &b.cfg, conns, b.dur, false) {
+                Ok(r) => rows.push(Row {
+                    run: format!("nginx, {workers} worker(s), access log on"),
+                    conns,
+                    r,
+                }),
+                Err(e) => eprintln!("nginx reference run failed: {e}"),
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// A new connection per request: each proxy over its unix socket vs a new direct TLS
+/// connection, sequential and 16 at a time; then sequential curl (process per request).
+fn per_request_rows(b: &Bench, uts: &[UnderTest]) -> Res<Vec<Row>> {
+    let mut rows = Vec::new();
+    for conns in [1usize, 16] {
+        let r = load(&Target::Direct(b.backend.port), &b.cfg, conns, b.dur, true)?;
+        rows.push(Row { run: "direct: new TLS connection per request".into(), conns, r });
+        for ut in uts {
+            let r = load(&Target::Unix(ut.sock.clone()), &b.cfg, conns, b.dur, true)?;
+            rows.push(Row {
+                run: format!("{}: new unix-socket connection per request", ut.label),
+                conns,
+                r,
+            });
+        }
+    }
+    for ut in uts {
+        let sock = ut.sock.clone();
+        let r = curl_series(100, |c| {
+            c.arg("--unix-socket")
+                .arg(&sock)
+                .args(["-H", &format!("x-aws-eks-identity-arn: {IDENTITY}")])
+                .arg(format!("http://localhost{PATH}"));
+        })?;
+        rows.push(Row { run: format!("{}: curl --unix-socket, process per request", ut.label), conns: 1, r });
+    }
+    let ca = b.pki.ca.clone();
+    let port = b.backend.port;
+    let r = curl_series(100, |c| {
+        c.arg("--cacert").arg(&ca).arg(format!("https://127.0.0.1:{port}{PATH}"));
+    })?;
+    rows.push(Row { run: "curl https direct, process per request".into(), conns: 1, r });
+    Ok(rows)
+}
+
+/// Memory and connections of one proxy: after the load, and with 1,000 idle watches.
+fn footprint(b: &Bench, ut: &mut UnderTest) -> Res<String> {
+    let pid = ut.tcp.id();
+    let open_after = upstream_connections(pid, b.backend.port);
+    let rss_after = rss_kib(pid);
+    let started = Instant::now();
+    let watches = open_watches(ut.tcp_port, WATCHES)?;
+    let setup = started.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
     let rss_watches = rss_kib(pid);
-    let threads_watches = status_field(pid, "Threads:");
-    let upstream_watches = upstream_connections(pid, backend.port);
+    let threads = status_field(pid, "Threads:");
+    let upstream = upstream_connections(pid, b.backend.port);
     drop(watches);
     std::thread::sleep(Duration::from_secs(2));
-    let rss_after_watches = rss_kib(pid);
+    let rss_closed = rss_kib(pid);
+    let mib = |k: u64| k as f64 / 1024.0;
+    let size = std::fs::metadata(&ut.bin).map(|m| m.len()).unwrap_or(0);
+    Ok(format!(
+        "| {} | {size} | {:.2} ({}) | {:.2} ({}) | {:.2} | {open_after} / {} | {:.2} ({}; {threads} threads, {upstream} upstream, {:.1} s to open) | {:.2} |\n",
+        ut.label,
+        mib(ut.rss_idle),
+        verdict(mib(ut.rss_idle), 2.0),
+        mib(ut.rss_peak),
+        verdict(mib(ut.rss_peak), 8.0),
+        mib(rss_after),
+        ut.opened,
+        mib(rss_watches),
+        verdict(mib(rss_watches), 64.0),
+        setup.as_secs_f64(),
+        mib(rss_closed),
+    ))
+}
 
-    let _ = proxy.kill();
-    let _ = proxy.wait();
-
-    // The report.
+fn report(
+    args: &Args,
+    uts: &[UnderTest],
+    rows: &[Row],
+    per_request: &[Row],
+    footprints: &[String],
+) -> String {
     let mut t = String::new();
-    let ver = Command::new(&args.proxy)
+    let ver = Command::new(&uts[0].bin)
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let size = std::fs::metadata(&args.proxy).map(|m| m.len()).unwrap_or(0);
     t.push_str(&format!(
-        "# eks-connector-proxy benchmark\n\n{} ({} bytes), {} CPUs, {}, {} s per load run, backend: rustls TLS 1.3 (ECDSA P-256), {} byte JSON responses, keep-alive.\n\n",
-        ver,
-        size,
+        "# eks-connector-proxy benchmark\n\n{ver}; {} CPUs, {}; {} s per load run; backend: rustls TLS 1.3 (ECDSA P-256), {} byte JSON responses, keep-alive; load average at the end of the run: {}.\n\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| format!("Linux {}", s.trim())).unwrap_or_default(),
         args.seconds,
         BODY_LEN,
+        std::fs::read_to_string("/proc/loadavg").map(|s| s.split(' ').take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default(),
     ));
-    t.push_str("Load generator, backend and proxy share the same CPUs (as in the anchors' measurement).\n\n");
-    t.push_str("| run | conns | req/s | p50 ms | p99 ms | proxy/direct |\n|---|---:|---:|---:|---:|---:|\n");
-    for (conns, d, p) in &rows {
+    t.push_str("Load generator, backend and proxies share the same CPUs. Proxies: ");
+    for ut in uts {
+        t.push_str(&format!("`{}` = {}; ", ut.label, ut.bin.display()));
+    }
+    t.push_str("\n\n### Keep-alive connections\n\n");
+    table(&mut t, rows, "nginx, 1 worker");
+    t.push_str("\n### A new connection per request (the console's traffic through the SSM agent)\n\n");
+    table(&mut t, per_request, "direct: new TLS");
+    t.push_str("\n### Footprint (MiB; budgets: idle ≤ 2, under load ≤ 8, 1,000 watches < 64)\n\n");
+    t.push_str("| proxy | binary bytes | RSS idle | RSS peak under load | RSS after load | upstream conns open after load / opened during it | RSS with 1,000 idle watches | RSS after they closed |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for f in footprints {
+        t.push_str(f);
+    }
+    t
+}
+
+/// Rows with req/s, latency and the ratio to direct and to the reference row (`reference`,
+/// matched by prefix) at the same connection count.
+fn table(t: &mut String, rows: &[Row], reference: &str) {
+    t.push_str(&format!("| run | conns | req/s | p50 ms | p99 ms | / direct | / {reference} |\n|---|---:|---:|---:|---:|---:|---:|\n"));
+    for row in rows {
+        let same = |p: &str| rows.iter().find(|r| r.conns == row.conns && r.run.starts_with(p));
+        let ratio = |p: &str| {
+            same(p)
+                .filter(|r| !std::ptr::eq(*r, row))
+                .map(|r| format!("{:.2}×", row.r.rps() / r.r.rps().max(1.0)))
+                .unwrap_or_default()
+        };
         t.push_str(&format!(
-            "| direct (TLS to backend) | {conns} | {:.0} | {:.3} | {:.3} | |\n",
-            d.rps(),
-            d.pct(50.0),
-            d.pct(99.0)
-        ));
-        t.push_str(&format!(
-            "| through proxy (TCP) | {conns} | {:.0} | {:.3} | {:.3} | {:.0}% |\n",
-            p.rps(),
-            p.pct(50.0),
-            p.pct(99.0),
-            100.0 * p.rps() / d.rps().max(1.0)
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {} | {} |\n",
+            row.run,
+            row.conns,
+            row.r.rps(),
+            row.r.pct(50.0),
+            row.r.pct(99.0),
+            ratio("direct"),
+            ratio(reference),
         ));
     }
-    for (conns, ratio, n) in &nginx_rows {
-        t.push_str(&format!(
-            "| reference: nginx reverse proxy, TLS upstream, keep-alive | {conns} | {:.0} | {:.3} | {:.3} | {:.0}% |\n",
-            n.rps(),
-            n.pct(50.0),
-            n.pct(99.0),
-            100.0 * ratio
-        ));
-    }
-    t.push_str(&format!(
-        "| curl --unix-socket, sequential (process per request) | 1 | {:.0} | {:.3} | {:.3} | |\n",
-        curl_proxy.rps(),
-        curl_proxy.pct(50.0),
-        curl_proxy.pct(99.0)
-    ));
-    t.push_str(&format!(
-        "| curl https direct, sequential (reference) | 1 | {:.0} | {:.3} | {:.3} | |\n\n",
-        curl_direct.rps(),
-        curl_direct.pct(50.0),
-        curl_direct.pct(99.0)
-    ));
-    t.push_str("| figure | value | budget |\n|---|---:|---|\n");
-    let mib = |k: u64| k as f64 / 1024.0;
-    t.push_str(&format!(
-        "| proxy RSS idle (after one request) | {:.2} MiB | ≤ 2 MiB: {} |\n",
-        mib(rss_idle),
-        verdict(mib(rss_idle), 2.0)
-    ));
-    t.push_str(&format!(
-        "| proxy RSS peak under load (1 and 16 conns) | {:.2} MiB | ≤ 8 MiB: {} |\n",
-        mib(peak),
-        verdict(mib(peak), 8.0)
-    ));
-    t.push_str(&format!(
-        "| proxy RSS after load | {:.2} MiB | |\n",
-        mib(rss_after)
-    ));
-    t.push_str(&format!(
-        "| upstream connections open after load | {open_after} | ≤ idle pool (16) |\n"
-    ));
-    t.push_str(&format!(
-        "| upstream connections opened during all proxy load runs | {accepted_during} | |\n"
-    ));
-    let ratio16 = rows
-        .iter()
-        .find(|r| r.0 == 16)
-        .map(|(_, d, p)| 100.0 * p.rps() / d.rps().max(1.0))
-        .unwrap_or(0.0);
-    t.push_str(&format!(
-        "| through-proxy throughput at 16 conns, % of direct | {ratio16:.0}% | ≥ 55%: {} |\n",
-        if ratio16 >= 55.0 { "met" } else { "MISSED" }
-    ));
-    t.push_str(&format!(
-        "| {WATCHES} concurrent idle watches: proxy RSS | {:.2} MiB (from {:.2}; {} threads, {} upstream conns, set up in {:.1} s) | < 64 MiB: {} |\n",
-        mib(rss_watches),
-        mib(rss_before_watches),
-        threads_watches,
-        upstream_watches,
-        watch_setup.as_secs_f64(),
-        verdict(mib(rss_watches), 64.0)
-    ));
-    t.push_str(&format!(
-        "| proxy RSS after the watches closed | {:.2} MiB | |\n",
-        mib(rss_after_watches)
-    ));
-    println!("{t}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, &t).map_err(|e| format!("{}: {e}", out.display()))?;
-        eprintln!("written to {}", out.display());
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
 }
 
 fn verdict(v: f64, max: f64) -> String {
     if v <= max {
         "met".into()
     } else {
-        format!("MISSED by {:.2} MiB", v - max)
+        format!("MISSED by {:.2}", v - max)
     }
 }
 
@@ -557,15 +636,18 @@ fn serve_backend(
 
 // ---------------------------------------------------------------- nginx (reference)
 
-fn start_nginx(dir: &Path, backend: u16, ca: &Path) -> Option<(Child, u16)> {
+/// nginx as a tuned reverse proxy in front of the same backend: `workers` worker processes,
+/// upstream keep-alive, TLS session reuse, and an access-log line per request written to a file
+/// (as our audit line is).
+fn start_nginx(dir: &Path, workers: usize, backend: u16, ca: &Path) -> Option<(Child, u16)> {
     let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .find(|p| Path::new(p).exists())?;
     let port = free_port().ok()?;
-    let nd = dir.join("nginx");
+    let nd = dir.join(format!("nginx-{workers}"));
     std::fs::create_dir_all(nd.join("logs")).ok()?;
     let conf = format!(
-        "worker_processes auto;\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
+        "worker_processes {workers};\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log {d}/logs/access.log;\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/pt;\n  \
          fastcgi_temp_path {d}/ft; uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n  \
@@ -652,10 +734,12 @@ fn wait_unix(p: &Path) -> Res<()> {
 enum Target {
     Direct(u16),
     Proxy(u16),
+    Unix(PathBuf),
 }
 
 enum Conn {
     Plain(TcpStream),
+    Unix(UnixStream),
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
 }
 
@@ -663,6 +747,7 @@ impl Read for Conn {
     fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Conn::Plain(s) => s.read(b),
+            Conn::Unix(s) => s.read(b),
             Conn::Tls(s) => s.read(b),
         }
     }
@@ -672,12 +757,14 @@ impl Write for Conn {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         match self {
             Conn::Plain(s) => s.write(b),
+            Conn::Unix(s) => s.write(b),
             Conn::Tls(s) => s.write(b),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Conn::Plain(s) => s.flush(),
+            Conn::Unix(s) => s.flush(),
             Conn::Tls(s) => s.flush(),
         }
     }
@@ -685,6 +772,7 @@ impl Write for Conn {
 
 fn connect(t: &Target, cfg: &Arc<ClientConfig>) -> Res<Conn> {
     match t {
+        Target::Unix(p) => Ok(Conn::Unix(UnixStream::connect(p).map_err(|e| e.to_string())?)),
         Target::Proxy(p) => {
             let s = TcpStream::connect(("127.0.0.1", *p)).map_err(|e| e.to_string())?;
             let _ = s.set_nodelay(true);
@@ -703,7 +791,7 @@ fn connect(t: &Target, cfg: &Arc<ClientConfig>) -> Res<Conn> {
 
 fn request(t: &Target) -> Vec<u8> {
     match t {
-        Target::Proxy(_) => format!("GET {PATH} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nx-aws-eks-identity-arn: {IDENTITY}\r\n\r\n").into_bytes(),
+        Target::Proxy(_) | Target::Unix(_) => format!("GET {PATH} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nx-aws-eks-identity-arn: {IDENTITY}\r\n\r\n").into_bytes(),
         Target::Direct(_) => format!("GET {PATH} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nAuthorization: Bearer bench-token-not-a-secret\r\nImpersonate-User: {IDENTITY}\r\n\r\n").into_bytes(),
     }
 }
@@ -776,25 +864,56 @@ impl LoadResult {
     }
 }
 
-fn load(t: &Target, cfg: &Arc<ClientConfig>, conns: usize, dur: Duration) -> Res<LoadResult> {
+/// `conns` clients sending requests back to back for `dur`: over one kept-alive connection
+/// each, or (`reconnect`) over a new connection per request, closed after the answer.
+fn load(
+    t: &Target,
+    cfg: &Arc<ClientConfig>,
+    conns: usize,
+    dur: Duration,
+    reconnect: bool,
+) -> Res<LoadResult> {
     let req = Arc::new(request(t));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     let start = Instant::now();
     for _ in 0..conns {
-        let mut c = BufReader::with_capacity(16 << 10, connect(t, cfg)?);
+        let mut c = match reconnect {
+            true => None,
+            false => Some(BufReader::with_capacity(16 << 10, connect(t, cfg)?)),
+        };
         let (req, stop, errors) = (req.clone(), stop.clone(), errors.clone());
+        let (t, cfg) = (
+            match t {
+                Target::Direct(p) => Target::Direct(*p),
+                Target::Proxy(p) => Target::Proxy(*p),
+                Target::Unix(p) => Target::Unix(p.clone()),
+            },
+            cfg.clone(),
+        );
         handles.push(std::thread::spawn(move || {
             let mut lat = Vec::with_capacity(1 << 16);
             let mut line = String::new();
             while !stop.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
-                if c.get_mut().write_all(&req).is_err() {
+                let mut conn = match c.take() {
+                    Some(conn) => conn,
+                    None => match connect(&t, &cfg) {
+                        Ok(conn) => BufReader::with_capacity(16 << 10, conn),
+                        Err(e) => {
+                            if errors.fetch_add(1, Ordering::SeqCst) == 0 {
+                                eprintln!("load: connect: {e}");
+                            }
+                            break;
+                        }
+                    },
+                };
+                if conn.get_mut().write_all(&req).is_err() {
                     errors.fetch_add(1, Ordering::SeqCst);
                     break;
                 }
-                match read_response(&mut c, &mut line) {
+                match read_response(&mut conn, &mut line) {
                     Ok(200) => lat.push(t0.elapsed().as_micros() as u32),
                     other => {
                         if errors.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -802,6 +921,9 @@ fn load(t: &Target, cfg: &Arc<ClientConfig>, conns: usize, dur: Duration) -> Res
                         }
                         break;
                     }
+                }
+                if !reconnect {
+                    c = Some(conn);
                 }
             }
             lat
