@@ -788,15 +788,15 @@ impl Upstream {
         req.extend_from_slice(crate::VERSION.as_bytes());
         req.extend_from_slice(b"\r\nAccept: */*\r\n\r\n");
         let mut conn = self.checkout(&creds, &mut None)?;
-        let w = conn.io.get_mut();
-        w.write_all(&req)
-            .and_then(|_| w.flush())
-            .map_err(UpstreamError::Io)?;
         let mut resp = http::ResponseHead::default();
-        match http::read_response(&mut conn.io, limits, &mut resp) {
-            Ok(()) => {}
-            Err(http::HeadError::Closed) => return Err(UpstreamError::ClosedEarly),
-            Err(_) => return Err(UpstreamError::BadResponse("no valid answer to a probe")),
+        // The retry rule of every proxied GET: once, on a new connection, if a kept one closed
+        // before answering.
+        if let Err(e) = Self::ask(&mut conn, &req, limits, &mut resp) {
+            if !(conn.reused && e.never_answered()) {
+                return Err(e);
+            }
+            conn = self.connect_new(&creds)?;
+            Self::ask(&mut conn, &req, limits, &mut resp)?;
         }
         let framing = http::response_framing("GET", &resp).map_err(UpstreamError::BadResponse)?;
         let mut body = http::Body::new(framing);
@@ -815,6 +815,25 @@ impl Upstream {
             self.checkin(conn);
         }
         Ok(resp.status)
+    }
+
+    /// Sends `req` and reads the response head.
+    fn ask(
+        conn: &mut Conn,
+        req: &[u8],
+        limits: &HeadLimits,
+        resp: &mut http::ResponseHead,
+    ) -> Result<(), UpstreamError> {
+        let w = conn.io.get_mut();
+        w.write_all(req)
+            .and_then(|_| w.flush())
+            .map_err(UpstreamError::Io)?;
+        match http::read_response(&mut conn.io, limits, resp) {
+            Ok(()) => Ok(()),
+            Err(http::HeadError::Closed) => Err(UpstreamError::ClosedEarly),
+            Err(http::HeadError::Io(e)) => Err(UpstreamError::Io(e)),
+            Err(_) => Err(UpstreamError::BadResponse("no valid answer to a probe")),
+        }
     }
 
     /// Closes pooled connections past their idle timeout (called periodically).
