@@ -666,6 +666,9 @@ impl HeadScan<'_> {
         while let Some(off) = avail[self.scanned..].iter().position(|&b| b == b'\n') {
             let lf = self.scanned + off;
             self.scanned = lf + 1;
+            // The limits first, as for a line still arriving: the same bytes give the same
+            // error whether they come at once or a few at a time (found by fuzzing).
+            self.check_partial(lines, lf - self.line_start)?;
             if lf == 0 || avail[lf - 1] != b'\r' {
                 return Err(HeadError::Bad("a line ends in a bare LF"));
             }
@@ -698,15 +701,21 @@ impl HeadScan<'_> {
             }
             lines.push((s, e));
         }
-        let partial = avail.len() - self.line_start;
+        self.check_partial(lines, avail.len() - self.line_start)?;
+        Ok(None)
+    }
+
+    /// Refuses a line of `len` bytes so far (its end not yet judged) that is over the limits.
+    fn check_partial(&self, lines: &[(usize, usize)], len: usize) -> Result<(), HeadError> {
+        let limits = self.limits;
         if lines.is_empty() {
-            if partial > limits.max_line + 2 {
+            if len > limits.max_line + 2 {
                 return Err(self.line_too_long());
             }
-        } else if self.header_bytes + partial > limits.max_header_bytes + 2 {
+        } else if self.header_bytes + len > limits.max_header_bytes + 2 {
             return Err(HeadError::HeadersTooLarge);
         }
-        Ok(None)
+        Ok(())
     }
 }
 
