@@ -55,6 +55,10 @@ ctx="dist/image-context"
 rm -rf "$ctx"
 mkdir -p "$ctx"
 cp Dockerfile.scratch "$ctx/Dockerfile"
+# The original image's entrypoint path, /var/eks/connector: users' overrides name it. A symlink
+# to the multi-call binary, which takes the original's `init …`/`server …` words whatever its name.
+mkdir -p "$ctx/original"
+ln -s /usr/local/bin/eks-connector "$ctx/original/connector"
 for arch in x86_64 aarch64; do
     oarch="$(oci_arch_of "$arch")"
     mkdir -p "$ctx/$oarch"

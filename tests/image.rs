@@ -150,9 +150,16 @@ fn archive_is_a_two_architecture_scratch_image_of_exactly_our_static_binaries() 
         let mut expected: Vec<String> = BINARIES
             .iter()
             .map(|b| format!("usr/local/bin/{b}"))
+            .chain(["var/eks/connector".to_string()])
             .collect();
         expected.sort();
         assert_eq!(files, expected, "{platform}: nothing but the binaries");
+        // The original image's entrypoint path, which users' overrides name.
+        assert_eq!(
+            std::fs::read_link(rootfs.join("var/eks/connector")).unwrap(),
+            Path::new("/usr/local/bin/eks-connector"),
+            "{platform}: /var/eks/connector is the multi-call binary"
+        );
         for b in BINARIES {
             let path = rootfs.join("usr/local/bin").join(b);
             let meta = std::fs::symlink_metadata(&path).unwrap();
@@ -205,22 +212,25 @@ fn archive_is_a_two_architecture_scratch_image_of_exactly_our_static_binaries() 
 fn entrypoint_takes_the_original_argument_lists_inside_the_image() {
     let c = Container::new(&image().reference("amd64"));
     let entry = format!("{BIN_DIR}/eks-connector");
-    for (word, program) in [
-        ("init", "eks-connector-init"),
-        ("server", "eks-connector-proxy"),
-        ("agent", "eks-connector-agent"),
-    ] {
-        let out = c.run(&Run::default(), &[&entry, word, "--version"]);
-        assert!(
-            out.status.success(),
-            "`{word} --version` in the image: {}",
-            text(&out.stderr)
-        );
-        assert!(
-            text(&out.stdout).contains(program),
-            "`{word}` must run {program}; it printed {:?}",
-            text(&out.stdout)
-        );
+    // Ours, and the original's entrypoint path (users' overrides name it).
+    for entry in [entry.as_str(), "/var/eks/connector"] {
+        for (word, program) in [
+            ("init", "eks-connector-init"),
+            ("server", "eks-connector-proxy"),
+            ("agent", "eks-connector-agent"),
+        ] {
+            let out = c.run(&Run::default(), &[entry, word, "--version"]);
+            assert!(
+                out.status.success(),
+                "`{entry} {word} --version` in the image: {}",
+                text(&out.stderr)
+            );
+            assert!(
+                text(&out.stdout).contains(program),
+                "`{entry} {word}` must run {program}; it printed {:?}",
+                text(&out.stdout)
+            );
+        }
     }
     let out = c.run(&Run::default(), &[&entry, "serve"]);
     assert_eq!(
@@ -553,4 +563,44 @@ fn arm64_proxy_forwards_a_request_under_qemu() {
     check_proxy(&sock, &ns.name, &mut proxy);
     let status = proxy.stop().expect("status");
     assert!(status.success(), "arm64 proxy exit on SIGTERM: {status}");
+}
+
+/// The original's image is run through `/var/eks/connector` and trusts the bundle at
+/// `/etc/ssl/certs/ca-bundle.crt`; users who needed a private CA mounted theirs there. Ours,
+/// run the same way with no AWS_CA_BUNDLE, registers through that bundle.
+#[test]
+fn init_through_the_originals_entrypoint_trusts_a_bundle_at_the_originals_ca_path() {
+    let env = init_env("img-orig-ca");
+    let certs = temp_dir("certs");
+    std::fs::copy(&pki().ca, certs.join("ca-bundle.crt")).unwrap();
+    let c = Container::new(&image().reference("amd64"));
+    let mut kube_env = env.ns.kube_env();
+    kube_env.push(("POD_NAME".into(), "eks-connector-0".into()));
+    let run = Run {
+        mounts: vec![
+            Mount::ro(&env.ns.sa_dir, SA_PATH),
+            Mount::rw(&env.vault, VAULT_PATH),
+            Mount::ro(&certs, "/etc/ssl/certs"),
+        ],
+        env: kube_env,
+        user: None,
+    };
+    let args = [
+        "/var/eks/connector".to_string(),
+        "init".into(),
+        format!("--activation.id={ACT_ID}"),
+        format!("--activation.code={ACT_CODE}"),
+        "--agent.region=us-west-2".into(),
+        format!("--state.secretNamespace={}", env.ns.name),
+        format!("--agent.endpoint={}", env.stub.url()),
+    ];
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = c.run(&run, &argv);
+    assert!(
+        out.status.success(),
+        "init through /var/eks/connector with the CA at /etc/ssl/certs/ca-bundle.crt failed ({}): {}",
+        out.status,
+        text(&out.stderr)
+    );
+    env.check_registered();
 }

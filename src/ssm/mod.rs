@@ -10,7 +10,7 @@ pub use egress::EgressProxy;
 pub use endpoint::Endpoint;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -309,12 +309,26 @@ impl Options {
     /// Defaults, with `AWS_CA_BUNDLE`, `HTTPS_PROXY` and `NO_PROXY` from the environment.
     pub fn from_env() -> Options {
         Options {
-            ca_bundle: std::env::var_os("AWS_CA_BUNDLE")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
+            ca_bundle: ca_bundle_from(
+                std::env::var_os("AWS_CA_BUNDLE"),
+                Path::new(ORIGINAL_CA_BUNDLE),
+            ),
             egress: EgressProxy::from_env(),
             ..Options::default()
         }
+    }
+}
+
+/// Where the original image kept its CA bundle (Amazon Linux 2's); users who trusted a private
+/// CA with the original mounted their bundle there, so ours honours it too.
+pub const ORIGINAL_CA_BUNDLE: &str = "/etc/ssl/certs/ca-bundle.crt";
+
+/// `AWS_CA_BUNDLE` when set; else the original's bundle path when a file is there; else none
+/// (the compiled-in public roots).
+fn ca_bundle_from(env: Option<std::ffi::OsString>, original: &Path) -> Option<PathBuf> {
+    match env.filter(|v| !v.is_empty()) {
+        Some(v) => Some(PathBuf::from(v)),
+        None => original.is_file().then(|| original.to_path_buf()),
     }
 }
 
@@ -343,8 +357,9 @@ impl Client {
     pub fn new(endpoint: Endpoint, opts: Options) -> Result<Client, SsmError> {
         let roots = match &opts.ca_bundle {
             Some(path) => {
-                let certs = crate::tls::load_pem_certs(path)
-                    .map_err(|e| SsmError::Config(format!("AWS_CA_BUNDLE: {e}")))?;
+                let certs = crate::tls::load_pem_certs(path).map_err(|e| {
+                    SsmError::Config(format!("CA bundle {} (AWS_CA_BUNDLE): {e}", path.display()))
+                })?;
                 crate::tls::to_ureq_roots(&certs)
             }
             None => ureq::tls::RootCerts::WebPki,
@@ -701,6 +716,30 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// AWS_CA_BUNDLE wins; without it the original image's bundle path is honoured when a file
+    /// is there (users who trusted a private CA with the original mounted it there).
+    #[test]
+    fn ca_bundle_is_the_env_then_the_originals_path() {
+        let dir = std::env::temp_dir().join(format!("ca-bundle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let original = dir.join("ca-bundle.crt");
+        let env = Some(std::ffi::OsString::from("/env/ca.pem"));
+        assert_eq!(
+            ca_bundle_from(None, &original),
+            None,
+            "no file, no env: public roots"
+        );
+        std::fs::write(&original, "pem").unwrap();
+        assert_eq!(ca_bundle_from(None, &original), Some(original.clone()));
+        assert_eq!(
+            ca_bundle_from(Some("".into()), &original),
+            Some(original.clone()),
+            "an empty AWS_CA_BUNDLE counts as unset"
+        );
+        assert_eq!(ca_bundle_from(env, &original), Some("/env/ca.pem".into()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// Also (issue 14): random bytes and valid JSON of the wrong types, as a success or as an
     /// error answer: one clear printable line each, never a registration.
