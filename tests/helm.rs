@@ -312,6 +312,10 @@ fn bug3_no_impersonation_rule_without_names_and_notes_say_so() {
     // And the NOTES tell the installer nobody can use the console yet.
     let mut args = vec!["install", "eks-connector", "manifests/chart/eks-connector"];
     args.extend(["--dry-run=client", "--namespace", &ns.name]);
+    // A client dry run still refuses cluster-scoped objects another release owns (the upgrade
+    // test's, running beside this one): names of this test's own.
+    let own_names = format!("fullnameOverride=ec-{}", ns.name);
+    args.extend(["--set", &own_names]);
     let act = activation();
     args.extend(act.iter().map(String::as_str));
     let notes = helm_ok(&args);
