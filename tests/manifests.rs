@@ -1112,7 +1112,9 @@ fn runs_as_written(env: &'static Cluster, oldest: bool) {
         Some(&std::fs::read(volumes.dirs["vault"].join("Store/RegistrationKey")).unwrap())
     );
 
-    // 3. proxy: serves the console user through the shared socket.
+    // 3. proxy: serves the console user through the shared socket. Its own root file system, as
+    // in a pod: the mount point init's Vault volume left in the first one is not the proxy's.
+    let c = Container::new(&img.reference("amd64"));
     let spec = container(sts, "connector-proxy");
     let e = container_env(spec, secret, pod, &ns);
     let mut args = argv(spec, &e);
