@@ -1351,6 +1351,9 @@ fn the_real_agent_authenticates_and_rotates_through_the_proxy_and_the_key_reache
     let instance = regs[0].instance_id.clone().unwrap();
     let agent_name = pod.agent_container();
     let agent = pod.start(&agent_name);
+    // The key sync runs in a container of its own (the agent's holds no token).
+    let sync_name = pod.key_sync_container();
+    let _sync = (sync_name != agent_name).then(|| pod.start(&sync_name));
     let logs = || format!("agent:\n{}\nproxy:\n{}", agent.log(), proxy.log());
     let signed_with = |key: usize| {
         common::wait_for(Duration::from_secs(90), || {
@@ -1378,7 +1381,7 @@ fn the_real_agent_authenticates_and_rotates_through_the_proxy_and_the_key_reache
         "the new key was not used\n{}",
         logs()
     );
-    // The rotated key is in the Secret, byte for byte the Vault's (the launcher wrote it to the
+    // The rotated key is in the Secret, byte for byte the Vault's (the key sync wrote it to the
     // API server directly).
     let synced = common::wait_for(Duration::from_secs(30), || {
         let vault = eks_connector::state::read_vault(&pod.vault()).ok()?;
