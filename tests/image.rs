@@ -356,6 +356,20 @@ fn init_env(prefix: &str) -> InitEnv {
 }
 
 impl InitEnv {
+    /// Exactly the original's init argument list through `entry`, plus the test endpoint and
+    /// namespace.
+    fn original_init_args(&self, entry: &str) -> Vec<String> {
+        vec![
+            entry.to_string(),
+            "init".into(),
+            format!("--activation.id={ACT_ID}"),
+            format!("--activation.code={ACT_CODE}"),
+            "--agent.region=us-west-2".into(),
+            format!("--state.secretNamespace={}", self.ns.name),
+            format!("--agent.endpoint={}", self.stub.url()),
+        ]
+    }
+
     /// After one successful first start: exactly one strict registration, the Vault's files,
     /// and a state Secret holding the same bytes.
     fn check_registered(&self) {
@@ -417,16 +431,7 @@ fn init_inside_the_image_registers_with_the_ssm_stand_in_and_writes_the_state() 
         },
         user: None,
     };
-    // Exactly the original's init argument list, plus the test endpoint and namespace.
-    let args = [
-        format!("{BIN_DIR}/eks-connector"),
-        "init".into(),
-        format!("--activation.id={ACT_ID}"),
-        format!("--activation.code={ACT_CODE}"),
-        "--agent.region=us-west-2".into(),
-        format!("--state.secretNamespace={}", env.ns.name),
-        format!("--agent.endpoint={}", env.stub.url()),
-    ];
+    let args = env.original_init_args(&format!("{BIN_DIR}/eks-connector"));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = c.run(&run, &argv);
     assert!(
@@ -585,15 +590,7 @@ fn init_through_the_originals_entrypoint_trusts_a_bundle_at_the_originals_ca_pat
         env: kube_env,
         user: None,
     };
-    let args = [
-        "/var/eks/connector".to_string(),
-        "init".into(),
-        format!("--activation.id={ACT_ID}"),
-        format!("--activation.code={ACT_CODE}"),
-        "--agent.region=us-west-2".into(),
-        format!("--state.secretNamespace={}", env.ns.name),
-        format!("--agent.endpoint={}", env.stub.url()),
-    ];
+    let args = env.original_init_args("/var/eks/connector");
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = c.run(&run, &argv);
     assert!(
