@@ -61,10 +61,15 @@ pub fn main() {
     .unwrap_or_else(|e| fail(format!("cannot start the key-sync thread: {e}")));
     if let Some(addr) = p.text(cli::HEALTH_FLAG.name) {
         let metrics = std::sync::Arc::new(|out: &mut String| {
+            eks_connector::metrics::build_info(out, PROGRAM);
             eks_connector::metrics::KEYSYNC.render(out);
         });
         match eks_connector::health::serve(&addr, sync.ready_check(), metrics) {
-            Ok(bound) => log::info!("health checks on http://{bound}/healthz and /readyz"),
+            Ok(bound) => {
+                log::info!(
+                    "health checks on http://{bound}/healthz and /readyz, metrics on /metrics"
+                )
+            }
             Err(e) => fail(format!(
                 "cannot serve health checks on --health.addr={addr}: {e}"
             )),

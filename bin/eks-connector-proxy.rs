@@ -94,7 +94,13 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = proxy::run_with(config, sync.as_ref().map(|s| s.ready_check()));
+    let beside = sync.as_ref().map(|s| proxy::Beside {
+        ready: s.ready_check(),
+        metrics: std::sync::Arc::new(|out: &mut String| {
+            eks_connector::metrics::KEYSYNC.render(out)
+        }),
+    });
+    let result = proxy::run_with(config, beside);
     if let Some(s) = sync {
         s.last_look(keysync::FINAL_LOOK);
     }

@@ -432,7 +432,11 @@ const SYNC_CAUSES: [&str; 4] = ["forbidden", "conflict", "unreachable", "other"]
 /// The key sync's metrics (one sync per process).
 pub struct KeySyncMetrics {
     pub in_sync: Gauge,
-    /// Unix time of the last successful save or check, 0 before the first.
+    /// 1 while another process syncs this Vault and this one stands by (its `in_sync` is 0 then
+    /// without anything being wrong: alerts on `in_sync` leave standby processes out).
+    pub standby: Gauge,
+    /// Unix time the Secret was last seen holding the Vault's registration (a save or a
+    /// re-read), 0 before the first.
     pub last_success: Gauge,
     pub attempts: Counter,
     failures: [Counter; 4],
@@ -441,6 +445,7 @@ pub struct KeySyncMetrics {
 
 pub static KEYSYNC: KeySyncMetrics = KeySyncMetrics {
     in_sync: Gauge::new(),
+    standby: Gauge::new(),
     last_success: Gauge::new(),
     attempts: Counter::new(),
     failures: [const { Counter::new() }; 4],
@@ -470,9 +475,16 @@ impl KeySyncMetrics {
         );
         single(
             out,
+            "eks_connector_keysync_standby",
+            "gauge",
+            "1 while another process keeps this Vault's Secret in step and this one stands by.",
+            self.standby.get(),
+        );
+        single(
+            out,
             "eks_connector_keysync_last_success_timestamp_seconds",
             "gauge",
-            "Unix time of the last successful save to the Secret (0: none yet).",
+            "Unix time the Secret was last seen holding the Vault's registration, by a save or a re-read (0: not yet).",
             self.last_success.get(),
         );
         single(

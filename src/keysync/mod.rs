@@ -253,9 +253,10 @@ impl Worker {
     }
 
     fn set_status(&self, status: Status) {
-        crate::metrics::KEYSYNC
-            .in_sync
-            .set(i64::from(matches!(status, Status::InSync)));
+        let m = &crate::metrics::KEYSYNC;
+        m.in_sync.set(i64::from(matches!(status, Status::InSync)));
+        m.standby
+            .set(i64::from(matches!(status, Status::Standby(_))));
         lock(&self.shared).status = status;
     }
 
@@ -571,6 +572,7 @@ impl Worker {
         };
         let merged = state::merge(current.as_ref(), ns, name, &saved, keep);
         if current.is_some() && merged == Write::Unchanged {
+            crate::metrics::KEYSYNC.succeeded();
             self.update_status();
             return;
         }

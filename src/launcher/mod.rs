@@ -164,9 +164,14 @@ pub fn run(config: Config) -> Result<i32, LauncherError> {
             Some(k) => k.ready_check(),
             None => std::sync::Arc::new(|| Ok(())),
         };
-        let metrics = std::sync::Arc::new(|out: &mut String| {
+        // The key sync's families only where it runs: elsewhere its `in_sync` would read 0
+        // and set off the alert on it (manifests/monitoring/alerts.yaml) for nothing.
+        let syncs_here = key_sync.is_some();
+        let metrics = std::sync::Arc::new(move |out: &mut String| {
             crate::metrics::LAUNCHER.render(out);
-            crate::metrics::KEYSYNC.render(out);
+            if syncs_here {
+                crate::metrics::KEYSYNC.render(out);
+            }
         });
         let bound =
             crate::health::serve(addr, ready, metrics).map_err(|source| LauncherError::Health {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::health::ReadyCheck;
+use crate::metrics::Render;
 pub use listener::ListenAddr;
 pub use upstream::{PoolConfig, Target};
 
@@ -153,9 +154,15 @@ pub fn run(config: Config) -> Result<(), ProxyError> {
     run_with(config, None)
 }
 
-/// [`run`], with `also_ready` (e.g. the key sync this process runs beside the proxy) part of
-/// `/readyz`: not ready while it says why not.
-pub fn run_with(config: Config, also_ready: Option<ReadyCheck>) -> Result<(), ProxyError> {
+/// A job this process runs beside the proxy (the key sync, [`crate::keysync::start_if_mounted`]):
+/// part of `/readyz` (not ready while it says why not) and of `/metrics`.
+pub struct Beside {
+    pub ready: ReadyCheck,
+    pub metrics: Render,
+}
+
+/// [`run`], with a job [`Beside`] the proxy.
+pub fn run_with(config: Config, beside: Option<Beside>) -> Result<(), ProxyError> {
     let blocked = crate::signals::block(&[crate::signals::SIGTERM, crate::signals::SIGINT])
         .map_err(ProxyError::Signals)?;
     raise_fd_limit();
@@ -184,7 +191,7 @@ pub fn run_with(config: Config, also_ready: Option<ReadyCheck>) -> Result<(), Pr
         read_only: config.read_only,
     });
     if let Some(addr) = &config.health_addr {
-        serve_health(addr, &shared, &listener, also_ready)?;
+        serve_health(addr, &shared, &listener, beside)?;
     }
     let acceptor = start_threads(&shared, &listener)?;
     let signal = loop {
@@ -215,10 +222,11 @@ fn serve_health(
     addr: &str,
     shared: &Arc<Shared>,
     listener: &Arc<Listener>,
-    also_ready: Option<ReadyCheck>,
+    beside: Option<Beside>,
 ) -> Result<(), ProxyError> {
     let (s, l) = (shared.clone(), listener.clone());
     let m = shared.clone();
+    let (also_ready, also_metrics) = beside.map(|b| (b.ready, b.metrics)).unzip();
     let metrics = Arc::new(move |out: &mut String| {
         let gauges = crate::metrics::ProxyGauges {
             in_flight: m.in_flight.load(Ordering::Relaxed),
@@ -226,6 +234,9 @@ fn serve_health(
             upstream_idle: m.upstream.idle_connections(),
         };
         crate::metrics::PROXY.render(out, &gauges);
+        if let Some(render) = &also_metrics {
+            render(out);
+        }
     });
     let check = move || {
         ready(&s, &l)?;
