@@ -72,7 +72,7 @@ PREREQS_RELEASE="$(prereqs_for_arch "$HOST_ARCH") $(prereqs_for_arch "$CROSS_ARC
 PREREQS_KUBE="go openssl curl setpriv flock python3"
 PREREQS_IMAGE="$PREREQS_RELEASE python3 buildah"
 PREREQS_DEMO="rust $PREREQS_KUBE control-plane"
-PREREQS_TEST="rust rustfmt+clippy $PREREQS_RELEASE $PREREQS_KUBE tar buildah control-plane control-plane-oldest helm peer-ssm-agent peer-eks-connector"
+PREREQS_TEST="rust rustfmt+clippy $PREREQS_RELEASE $PREREQS_KUBE tar buildah control-plane control-plane-oldest helm promtool peer-ssm-agent peer-eks-connector"
 
 # ---------------------------------------------------------------------------------------------
 # Each prerequisite: how it is checked (P_HOW); what the scripts do when it is missing: install
@@ -111,6 +111,8 @@ prereq_info() {
             P_RUN="build_control_plane_oldest"; P_FIX="./build.sh test builds it" ;;
         helm) P_HOW="helm, built from the Go modules, is cached (tests/helm/build-helm.sh)"
             P_RUN="build_helm"; P_FIX="./build.sh test builds it" ;;
+        promtool) P_HOW="Prometheus's promtool, built from the Go modules, is cached (tests/promtool/build-promtool.sh)"
+            P_RUN="build_promtool"; P_FIX="./build.sh test builds it, or tests/promtool/build-promtool.sh" ;;
         peer-ssm-agent) P_HOW="AWS's SSM agent, built from its pinned source, is cached (tests/peers/fetch-build.sh ssm-agent)"
             P_RUN="build_peer ssm-agent"; P_FIX="./build.sh test builds it" ;;
         peer-eks-connector) P_HOW="the original connector, built from its pinned source, is cached (tests/peers/fetch-build.sh eks-connector)"
@@ -174,6 +176,7 @@ prereq_probe() {
         control-plane) cached_only "$ROOT/tests/kube-env/build-bins.sh" ;;
         control-plane-oldest) cached_only "$ROOT/tests/kube-env/build-older.sh" v1.29 ;;
         helm) cached_only "$ROOT/tests/helm/build-helm.sh" ;;
+        promtool) cached_only "$ROOT/tests/promtool/build-promtool.sh" ;;
         peer-*) cached_only "$ROOT/tests/peers/fetch-build.sh" "${1#peer-}" ;;
         *) die "unknown prerequisite '$1'" ;;
     esac
@@ -197,7 +200,7 @@ probe_buildah() {
 }
 
 # cached_only SCRIPT ARGS...: whether a cached build (tests/kube-env/build-bins.sh,
-# tests/helm/build-helm.sh, tests/peers/fetch-build.sh) is there, without building or waiting for
+# tests/helm/build-helm.sh, tests/promtool/build-promtool.sh, tests/peers/fetch-build.sh) is there, without building or waiting for
 # another process's build. Those scripts compute their cache key with text tools (and `go env`),
 # print the cache directory and exit when it is complete; with a PATH of just those tools they
 # fail at their first other command (mkdir) when it is not. (A flag for this in build-bins.sh
@@ -236,6 +239,14 @@ build_control_plane_oldest() {
 build_helm() {
     say "building helm for the chart tests (tests/helm/build-helm.sh; minutes the first time, cached after)"
     run_with_progress "helm build" "$PROBE_DIR/helm.log" "$ROOT/tests/helm/build-helm.sh"
+}
+
+# Prometheus's promtool for the metrics tests, built from the Go modules (minutes, the first time).
+build_promtool() {
+    say "building promtool for the metrics tests (tests/promtool/build-promtool.sh; minutes the first time, cached after)"
+    # -v: go build names each package as it compiles it, which the progress lines show.
+    GOFLAGS="${GOFLAGS:-} -v" run_with_progress "promtool build" "$PROBE_DIR/promtool.log" \
+        "$ROOT/tests/promtool/build-promtool.sh"
 }
 
 # A real peer the tests run, built from its pinned source archive (minutes, the first time).
