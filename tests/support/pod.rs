@@ -205,13 +205,7 @@ fn strings(v: &Value) -> Vec<String> {
         .collect()
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::common::free_port;
 
 /// The directory of our binaries (the image's `/usr/local/bin`): this build, or
 /// `$EKS_CONNECTOR_BIN_DIR` (the static build that ships, for benchmarks).

@@ -1,0 +1,112 @@
+//! `/metrics` as Prometheus sees it: a scrape over plain HTTP, Prometheus's own `promtool check
+//! metrics` on the text, and the value of one series. promtool is built once per machine from the
+//! Go module proxy by tests/promtool/build-promtool.sh (`./build.sh test` builds it first, as a
+//! prerequisite); these tests never build it, and fail saying how when it is missing.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The promtool binary: `$PROMTOOL`, else the cached build of tests/promtool/build-promtool.sh.
+pub fn promtool() -> &'static Path {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("PROMTOOL").filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(p));
+        }
+        let script = crate::common::repo_root().join("tests/promtool/build-promtool.sh");
+        let out = Command::new(&script)
+            .env("GO_TOOL_CACHED_ONLY", "1")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "promtool is needed and missing: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    });
+    match found {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `promtool ARGS` in `dir`, `stdin` fed in: its output, whatever its status.
+pub fn run(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(promtool())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", promtool().display()));
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `promtool check metrics` must pass on `text` (format, HELP/TYPE, Prometheus's naming lints);
+/// `what` names the endpoint in the failure.
+pub fn check_metrics(what: &str, text: &str) {
+    let out = run(Path::new("."), &["check", "metrics"], text.as_bytes());
+    assert!(
+        out.status.success(),
+        "promtool check metrics on {what} ({}): {}{}\n--- the text ---\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `GET /metrics` on 127.0.0.1:`port`: the body of a 200 in the text format 0.0.4.
+pub fn scrape(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("cannot connect to the health port {port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: text/plain\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer from port {port}: {raw:?}"));
+    assert!(
+        head.starts_with("HTTP/1.1 200")
+            && head.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8"),
+        "GET /metrics on port {port}: {head}"
+    );
+    body.to_string()
+}
+
+/// The value of the sample `series` (name and labels exactly as served, e.g.
+/// `eks_connector_proxy_refused_total{reason="no_identity"}`), if served.
+pub fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{series}: not a number {v:?}"))
+        })
+}
+
+/// Every sample of family `name` (labels as served → value).
+pub fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let labels = series.strip_prefix(name)?;
+            (labels.is_empty() || labels.starts_with('{'))
+                .then(|| (labels.to_string(), v.parse().unwrap_or(f64::NAN)))
+        })
+        .collect()
+}
