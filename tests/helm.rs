@@ -8,6 +8,8 @@
 mod common;
 #[path = "support/peers.rs"]
 mod peers;
+#[path = "support/prom.rs"]
+mod prom;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -658,6 +660,14 @@ fn wrong_values_get_one_error_naming_the_value() {
             vec![&code, &id, &region, "ssmAgent.keyAutoRotateDays=0"],
             "ssmAgent.keyAutoRotateDays",
         ),
+        (
+            vec![&code, &id, &region, "metrics.annotationPort=9090"],
+            "metrics.annotationPort",
+        ),
+        (
+            vec![&code, &id, &region, "metrics.scrapers=monitoring"],
+            "metrics.scrapers",
+        ),
     ];
     for (sets, value) in cases {
         let mut args = Vec::new();
@@ -1085,5 +1095,135 @@ fn a_release_of_the_original_upgrades_to_ours_with_reuse_values_and_rolls_back()
     assert!(
         get(&state_path).is_some(),
         "uninstall keeps the state Secret"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics: scrape annotations, the PodMonitor (off by default) and the NetworkPolicy.
+
+#[test]
+fn metrics_off_by_default_no_podmonitor_no_scrape_annotations_no_ingress() {
+    let ns = common::cluster().namespace("helm-metrics-off");
+    let objs = render_ok(&chart(), &ns.name, &activation());
+    assert!(
+        of_kind(&objs, "PodMonitor").is_empty(),
+        "no PodMonitor by default"
+    );
+    let sts = one(&objs, "StatefulSet");
+    assert_eq!(prom::declared_ports(sts), prom::health_ports());
+    let annotations = sts["spec"]["template"]["metadata"]["annotations"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        annotations.keys().all(|k| !k.starts_with("prometheus.io/")),
+        "{annotations:?}"
+    );
+    let np = one(&objs, "NetworkPolicy");
+    assert_eq!(np["spec"]["ingress"], json!([]), "{np}");
+}
+
+#[test]
+fn metrics_on_annotates_renders_a_podmonitor_and_opens_only_the_health_ports_to_the_scrapers() {
+    let ns = common::cluster().namespace("helm-metrics-on");
+    let scrapers = "metrics.scrapers[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring";
+    let objs = render_ok(
+        &chart(),
+        &ns.name,
+        &with_activation(&[
+            "--set",
+            "metrics.enabled=true",
+            "--set",
+            "metrics.podMonitor.enabled=true",
+            "--set",
+            "metrics.podMonitor.labels.release=kube-prometheus-stack",
+            "--set",
+            scrapers,
+        ]),
+    );
+    let sts = one(&objs, "StatefulSet");
+    assert_eq!(prom::declared_ports(sts), prom::health_ports());
+    prom::assert_scrape_annotations(sts, None);
+
+    let pm = one(&objs, "PodMonitor");
+    assert_eq!(pm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(pm["metadata"]["namespace"], ns.name.as_str());
+    assert_eq!(pm["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    assert_eq!(
+        pm["spec"]["selector"]["matchLabels"], sts["spec"]["selector"]["matchLabels"],
+        "the PodMonitor selects the StatefulSet's pods"
+    );
+    let mut endpoints: Vec<(String, String)> = pm["spec"]["podMetricsEndpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["interval"], "30s", "{e}");
+            (
+                e["port"].as_str().unwrap().into(),
+                e["path"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = prom::HEALTH_PORTS
+        .iter()
+        .map(|(p, _, _)| (p.to_string(), "/metrics".to_string()))
+        .collect();
+    endpoints.sort();
+    assert_eq!(endpoints, want);
+
+    let np = one(&objs, "NetworkPolicy");
+    let (ports, from) = prom::opened_ports(np);
+    let want: Vec<String> = prom::HEALTH_PORTS
+        .iter()
+        .map(|(p, _, _)| p.to_string())
+        .collect();
+    assert_eq!(ports, want, "{np}");
+    assert_eq!(
+        from,
+        vec![
+            json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}])
+        ],
+        "{np}"
+    );
+
+    // The API server takes everything but the PodMonitor (its CRD is not installed here).
+    let rest: Vec<Value> = objs
+        .iter()
+        .filter(|o| o["kind"] != "PodMonitor")
+        .cloned()
+        .collect();
+    server_dry_run(&rest);
+
+    // One port annotated when a scraper takes one; the PodMonitor alone opens the ports too.
+    let objs = render_ok(
+        &chart(),
+        &ns.name,
+        &with_activation(&[
+            "--set",
+            "metrics.enabled=true",
+            "--set",
+            "metrics.annotationPort=8083",
+        ]),
+    );
+    prom::assert_scrape_annotations(one(&objs, "StatefulSet"), Some("8083"));
+    assert!(of_kind(&objs, "PodMonitor").is_empty());
+    let (ports, from) = prom::opened_ports(one(&objs, "NetworkPolicy"));
+    assert_eq!(ports, want);
+    assert_eq!(
+        from,
+        vec![Value::Null],
+        "no scrapers given: from anywhere, to these ports only"
+    );
+    let objs = render_ok(
+        &chart(),
+        &ns.name,
+        &with_activation(&["--set", "metrics.podMonitor.enabled=true"]),
+    );
+    assert_eq!(prom::opened_ports(one(&objs, "NetworkPolicy")).0, want);
+    let annotations = &one(&objs, "StatefulSet")["spec"]["template"]["metadata"]["annotations"];
+    assert!(
+        annotations.get("prometheus.io/scrape").is_none(),
+        "{annotations}"
     );
 }

@@ -10,6 +10,8 @@
 mod common;
 #[path = "support/image_env.rs"]
 mod image_env;
+#[path = "support/prom.rs"]
+mod prom;
 #[path = "support/ssm_stub.rs"]
 mod ssm_stub;
 
@@ -37,12 +39,13 @@ const CONTAINERS: [&str; 5] = [
     "connector-proxy",
 ];
 /// Components that the dry runs apply to the base one at a time.
-const COMPONENTS: [&str; 5] = [
+const COMPONENTS: [&str; 6] = [
     "admission-policy",
     "network-policy",
     "single-node",
     "three-replicas",
     "openshift",
+    "metrics",
 ];
 
 fn text(b: &[u8]) -> String {
@@ -1539,4 +1542,36 @@ fn the_readme_install_commands_apply_on_the_newest_kubernetes() {
 #[test]
 fn the_readme_install_commands_apply_on_the_oldest_kubernetes() {
     readme_install(common::oldest_cluster(), true);
+}
+
+#[test]
+fn the_metrics_component_annotates_the_pod_and_opens_only_the_three_health_ports() {
+    let dir = overlay(
+        false,
+        "metrics-with-policy",
+        &["base"],
+        &["components/network-policy", "components/metrics"],
+    );
+    let objs = to_json(&kustomize(common::cluster(), &dir, None));
+    let sts = one(&objs, "StatefulSet");
+    // No port: every declared port (the three health ports) is scraped.
+    prom::assert_scrape_annotations(sts, None);
+    assert_eq!(prom::declared_ports(sts), prom::health_ports());
+    // What the policies admit, together: the health ports by name, nothing else, TCP.
+    let mut opened = Vec::new();
+    for np in find(&objs, "NetworkPolicy") {
+        opened.extend(prom::opened_ports(np).0);
+    }
+    opened.sort();
+    let want: Vec<String> = prom::HEALTH_PORTS
+        .iter()
+        .map(|(p, _, _)| p.to_string())
+        .collect();
+    assert_eq!(opened, want);
+    // The proxy's API socket is a unix socket, not a port anything could open.
+    let proxy = container(sts, "connector-proxy");
+    assert!(
+        strings(&proxy["args"]).contains(&"--proxy.socketType=unix".to_string()),
+        "{proxy}"
+    );
 }

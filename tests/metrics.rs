@@ -29,24 +29,23 @@ fn monitoring() -> PathBuf {
     common::repo_root().join("manifests/monitoring")
 }
 
+/// `promtool ARGS` in manifests/monitoring, which must succeed: what it said.
+fn promtool_ok(args: &[&str]) -> String {
+    let out = prom::run(&monitoring(), args, b"");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?}: {said}");
+    said
+}
+
 #[test]
 fn the_alert_rules_pass_promtool_and_each_fires_on_its_test_series() {
-    let out = prom::run(&monitoring(), &["check", "rules", "alerts.yaml"], b"");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "promtool check rules: {said}");
+    let said = promtool_ok(&["check", "rules", "alerts.yaml"]);
     assert!(said.contains("SUCCESS: 2 rules found"), "{said}");
-
-    let out = prom::run(&monitoring(), &["test", "rules", "alerts.test.yaml"], b"");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "promtool test rules: {said}");
+    let said = promtool_ok(&["test", "rules", "alerts.test.yaml"]);
     assert!(said.contains("SUCCESS"), "{said}");
 
     // The README shows the rules as they are in the file.
@@ -135,10 +134,7 @@ fn the_proxy_counts_exactly_the_requests_it_answered() {
         Some(0.0)
     );
     assert_eq!(prom::value(&idle, "eks_connector_proxy_watches"), Some(0.0));
-    let build = format!(
-        "eks_connector_build_info{{program=\"eks-connector-proxy\",version=\"{}\"}}",
-        eks_connector::VERSION
-    );
+    let build = prom::build_info("eks-connector-proxy");
     assert_eq!(prom::value(&idle, &build), Some(1.0), "{idle}");
 
     // The mix: 5 reads allowed, 3 reads the API server forbids (view has no Secrets), 2 without
@@ -355,10 +351,7 @@ fn the_key_sync_program_counts_a_rotation_an_rbac_outage_and_its_recovery() {
         Duration::from_secs(20),
     );
     check("the key sync, in sync", &in_sync);
-    let build = format!(
-        "eks_connector_build_info{{program=\"eks-connector-keysync\",version=\"{}\"}}",
-        eks_connector::VERSION
-    );
+    let build = prom::build_info("eks-connector-keysync");
     assert_eq!(prom::value(&in_sync, &build), Some(1.0), "{in_sync}");
     assert_eq!(
         keysync_value(&in_sync, "eks_connector_keysync_standby"),
@@ -470,10 +463,7 @@ fn the_launcher_serves_its_own_metrics_and_no_key_sync_where_none_runs() {
     );
     let m = launcher.wait_value("eks_connector_agent_running", 1.0, Duration::from_secs(20));
     check("the launcher", &m);
-    let build = format!(
-        "eks_connector_build_info{{program=\"eks-connector-agent\",version=\"{}\"}}",
-        eks_connector::VERSION
-    );
+    let build = prom::build_info("eks-connector-agent");
     assert_eq!(prom::value(&m, &build), Some(1.0), "{m}");
     assert_eq!(
         prom::value(&m, "eks_connector_agent_last_exit_code"),

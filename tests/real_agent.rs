@@ -10,6 +10,8 @@ mod common;
 mod peers;
 #[path = "support/pod.rs"]
 mod pod;
+#[path = "support/prom.rs"]
+mod prom;
 #[path = "support/ssm_stub.rs"]
 mod ssm_stub;
 
@@ -225,6 +227,36 @@ impl Env {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `/metrics` of every container with a health port (proxy, launcher, key sync), each of
+    /// which must pass `promtool check metrics`: container name → text.
+    fn metrics(&self, when: &str) -> BTreeMap<String, String> {
+        let mut all = BTreeMap::new();
+        for name in self.pod.containers() {
+            let Some(port) = self.pod.health_port(&name) else {
+                continue;
+            };
+            let text = prom::scrape(port);
+            prom::check_metrics(&format!("{name} {when}"), &text);
+            all.insert(name, text);
+        }
+        assert_eq!(all.len(), 3, "three health ports: {:?}", all.keys());
+        all
+    }
+
+    /// The key-sync container's `/metrics`.
+    fn key_sync_metrics(&self) -> String {
+        let port = self
+            .pod
+            .health_port(&self.pod.key_sync_container())
+            .expect("the key-sync container has a health port");
+        prom::scrape(port)
+    }
+
+    fn key_sync_value(&self, series: &str) -> f64 {
+        let m = self.key_sync_metrics();
+        prom::value(&m, series).unwrap_or_else(|| panic!("{series} not served:\n{m}"))
     }
 
     fn wait_readyz(&self, want: &str, timeout: Duration) {
@@ -462,6 +494,28 @@ fn a_refused_secret_update_is_retried_until_allowed_and_readyz_says_503_meanwhil
     env.wait_authenticated(0, 0, Duration::from_secs(60));
     env.wait_readyz("200", Duration::from_secs(20));
     let old = env.secret_regkey().unwrap();
+    // Metrics: each endpoint passes promtool; the key sync's families only where it runs.
+    let sync = env.pod.key_sync_container();
+    for (name, m) in env.metrics("in sync") {
+        let here = m.contains("eks_connector_keysync_in_sync");
+        assert_eq!(
+            here,
+            name == sync,
+            "{name} and the key sync's families:\n{m}"
+        );
+    }
+    assert_eq!(env.key_sync_value("eks_connector_keysync_in_sync"), 1.0);
+    assert_eq!(
+        env.key_sync_value("eks_connector_keysync_rotations_total"),
+        0.0
+    );
+    let agent = env.pod.agent_container();
+    let launcher = &env.metrics("in sync")[&agent];
+    assert_eq!(
+        prom::value(launcher, "eks_connector_agent_running"),
+        Some(1.0),
+        "{launcher}"
+    );
 
     env.ns.unbind(&env.binding);
     env.rotate(1);
@@ -473,6 +527,18 @@ fn a_refused_secret_update_is_retried_until_allowed_and_readyz_says_503_meanwhil
         "the API server refused the update"
     );
     assert_eq!(env.readyz(), "503");
+    env.metrics("refused");
+    assert_eq!(env.key_sync_value("eks_connector_keysync_in_sync"), 0.0);
+    assert_eq!(
+        env.key_sync_value("eks_connector_keysync_rotations_total"),
+        1.0
+    );
+    let forbidden = "eks_connector_keysync_failures_total{cause=\"forbidden\"}";
+    assert!(
+        env.key_sync_value(forbidden) >= 1.0,
+        "{}",
+        env.key_sync_metrics()
+    );
 
     env.binding = env.ns.bind("Role", &env.role, "ServiceAccount", &env.sa);
     env.wait_secret_has_rotated_key(Duration::from_secs(60))
@@ -483,6 +549,20 @@ fn a_refused_secret_update_is_retried_until_allowed_and_readyz_says_503_meanwhil
             )
         });
     env.wait_readyz("200", Duration::from_secs(20));
+    let back = &env.metrics("recovered")[&sync];
+    assert_eq!(
+        prom::value(back, "eks_connector_keysync_in_sync"),
+        Some(1.0),
+        "{back}"
+    );
+    assert_eq!(
+        prom::value(back, "eks_connector_keysync_rotations_total"),
+        Some(1.0),
+        "{back}"
+    );
+    let failed = prom::value(back, forbidden).unwrap_or(0.0);
+    let attempts = prom::value(back, "eks_connector_keysync_attempts_total").unwrap_or(0.0);
+    assert!(failed >= 1.0 && attempts >= failed + 2.0, "{back}");
     for (name, c) in env.containers.iter_mut() {
         assert!(
             c.alive(),

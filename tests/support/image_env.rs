@@ -283,14 +283,8 @@ impl Drop for Running {
     }
 }
 
-/// A free TCP port on loopback (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[allow(unused_imports)] // tests/image.rs has no use for it
+pub use crate::common::free_port;
 
 /// A fresh temporary directory.
 pub fn temp_dir(tag: &str) -> PathBuf {

@@ -54,6 +54,14 @@ podDisruptionBudget:
   enabled: true
 networkPolicy:
   enabled: true
+metrics:
+  enabled: false
+  annotationPort: ""
+  scrapers: []
+  podMonitor:
+    enabled: false
+    interval: 30s
+    labels: {}
 admissionPolicy:
   enabled: true
 {{- end -}}

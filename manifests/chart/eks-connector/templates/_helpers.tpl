@@ -67,9 +67,26 @@ that depends on them, so `helm template -s` of any one file checks too.
 {{- if and $auth.allowedUserARNs (not (kindIs "slice" $auth.allowedUserARNs)) -}}
 {{- fail "authentication.allowedUserARNs must be a list of IAM ARNs, e.g. --set 'authentication.allowedUserARNs={arn:aws:iam::111122223333:role/Viewer}'" -}}
 {{- end -}}
+{{- $metrics := .Values.metrics | default dict -}}
+{{- if and $metrics.annotationPort (not (has (toString $metrics.annotationPort) (list "8081" "8082" "8083"))) -}}
+{{- fail (printf "metrics.annotationPort must be 8081 (connector-proxy), 8082 (connector-agent) or 8083 (connector-keysync), or empty for all three; got %v" $metrics.annotationPort) -}}
+{{- end -}}
+{{- if and $metrics.scrapers (not (kindIs "slice" $metrics.scrapers)) -}}
+{{- fail "metrics.scrapers must be a list of NetworkPolicy peers, e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]" -}}
+{{- end -}}
 {{- range $arn := $auth.allowedUserARNs -}}
 {{- if not (regexMatch "^arn:aws[a-z-]*:(iam|sts)::[0-9]{12}:(user|role|assumed-role)/[^[:space:]]+$" (toString $arn)) -}}
 {{- fail (printf "authentication.allowedUserARNs: %q is not an IAM user, role or assumed-role ARN (arn:aws:iam::ACCOUNT:role/NAME, arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION)" (toString $arn)) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Whether something scrapes the health ports (the NetworkPolicy then admits it to them). */}}
+{{- define "eks-connector.scraped" -}}
+{{- if or .Values.metrics.enabled .Values.metrics.podMonitor.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The three health ports by name, each serving /metrics: proxy, launcher, key sync. */}}
+{{- define "eks-connector.healthPorts" -}}
+proxy-health agent-health keysync-health
 {{- end -}}
