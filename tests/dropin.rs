@@ -12,6 +12,8 @@ mod common;
 mod layout;
 #[path = "support/peers.rs"]
 mod peers;
+#[path = "support/prom.rs"]
+mod prom;
 #[path = "support/ssm_stub.rs"]
 mod ssm_stub;
 
@@ -871,6 +873,23 @@ fn a_forbidden_update_loses_nothing_and_is_retried_until_allowed() {
     r.stub.assert_strict();
 }
 
+/// Waits until `series` reads `want` on the `/metrics` of health port `port`, which must pass
+/// `promtool check metrics` (the proxy's families and the key sync's beside them): the text.
+fn wait_keysync(port: u16, series: &str, want: f64) -> String {
+    let text = common::wait_for(Duration::from_secs(20), || {
+        let m = prom::scrape(port);
+        (prom::value(&m, series) == Some(want)).then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{series} is not {want} on port {port}:\n{}",
+            prom::scrape(port)
+        )
+    });
+    prom::check_metrics(&format!("the server on port {port}"), &text);
+    text
+}
+
 /// Two syncs of one Vault do not fight: a second `server` beside the first stands by, and takes
 /// over when the first stops; each key reaches the Secret once, from the one that holds the lock.
 #[test]
@@ -884,7 +903,19 @@ fn two_syncs_of_one_vault_take_turns() {
         0,
     );
     r.pod.run_init(Duration::from_secs(90));
-    let first = r.pod.start("connector-proxy");
+    // Each server with a health port (the original's layout has none): /metrics shows which one
+    // syncs and which stands by.
+    let with_health = |port: u16| {
+        let mut argv = r.pod.container("connector-proxy").argv;
+        argv.push(format!("--health.addr=127.0.0.1:{port}"));
+        argv
+    };
+    let (health1, health2) = (free_port(), free_port());
+    let argv1 = with_health(health1);
+    let argv1: Vec<&str> = argv1.iter().map(String::as_str).collect();
+    let first = r
+        .pod
+        .start_logged("connector-proxy", "connector-proxy", Some(&argv1));
     r.running.push(first);
     assert!(
         common::wait_for(Duration::from_secs(10), || r
@@ -895,7 +926,16 @@ fn two_syncs_of_one_vault_take_turns() {
         "the first server syncs\n{}",
         r.logs()
     );
-    let mut argv = r.pod.container("connector-proxy").argv;
+    let synced = wait_keysync(health1, "eks_connector_keysync_in_sync", 1.0);
+    assert_eq!(
+        prom::value(&synced, "eks_connector_keysync_standby"),
+        Some(0.0)
+    );
+    assert!(
+        synced.contains(&prom::build_info("eks-connector-proxy")),
+        "{synced}"
+    );
+    let mut argv = with_health(health2);
     argv.push("--proxy.socketAddr=/var/eks/shared/second.sock".into());
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let mut second = r
@@ -908,6 +948,11 @@ fn two_syncs_of_one_vault_take_turns() {
         standby.is_some(),
         "the second server stands by:\n{}",
         second.log_text()
+    );
+    let waiting = wait_keysync(health2, "eks_connector_keysync_standby", 1.0);
+    assert_eq!(
+        prom::value(&waiting, "eks_connector_keysync_in_sync"),
+        Some(0.0)
     );
     let key1 = rotated(&r.vault());
     rewrite_in_place(&r.pod, key1.regkey());
@@ -934,12 +979,25 @@ fn two_syncs_of_one_vault_take_turns() {
         "the second server takes over when the first stops:\n{}",
         second.log_text()
     );
+    // In step with key 1 before key 2 comes: key 2 is then a rotation it sees.
+    wait_keysync(health2, "eks_connector_keysync_in_sync", 1.0);
     let key2 = rotated(&key1);
     rewrite_in_place(&r.pod, key2.regkey());
     assert!(
         has(&key2),
         "key 2 reached the Secret from the second server:\n{}",
         second.log_text()
+    );
+    let now = wait_keysync(health2, "eks_connector_keysync_in_sync", 1.0);
+    assert_eq!(
+        prom::value(&now, "eks_connector_keysync_standby"),
+        Some(0.0)
+    );
+    let rotations = prom::value(&now, "eks_connector_keysync_rotations_total");
+    assert_eq!(
+        rotations,
+        Some(1.0),
+        "key 2, seen by the second server:\n{now}"
     );
     second.stop(Duration::from_secs(10));
 }
