@@ -267,8 +267,8 @@ impl Program {
         let log = dir.join(format!("{word}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_eks-connector"))
             .arg(word)
-            .args(args)
             .arg(format!("--health.addr=127.0.0.1:{health}"))
+            .args(args)
             .env("POD_NAME", POD)
             .env("RUST_LOG", "info")
             .envs(ns.kube_env())
