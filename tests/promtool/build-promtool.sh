@@ -5,7 +5,8 @@
 #
 # Tag remove_all_sd leaves out every service-discovery plugin but file and http (Prometheus's
 # plugins/plugin_*.go, "//go:build !remove_all_sd || enable_*_sd"): promtool checks metrics and
-# rules without them, and the build compiles 1,117 packages instead of 1,364.
+# rules without them, and the build compiles 1,117 packages instead of 1,364: measured from empty
+# Go caches, 8 min 36 s of CPU instead of 19 min 6 s, a 52 MiB binary instead of 84 MiB.
 set -euo pipefail
 
 PROMETHEUS_VERSION=v0.316.0 # Prometheus 3.16.0 (Go module versions are v0.3MM.P)
