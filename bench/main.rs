@@ -15,7 +15,22 @@
 //! - each proxy's RSS idle, peak under load and after; upstream connections; 1,000 concurrent
 //!   idle watches (a backend endpoint holding a chunked response open): RSS.
 //!
-//! Usage: proxy-bench --proxy [LABEL=]PATH [--proxy ...] [--seconds N] [--out FILE]
+//! Repeats (`--repeat N`): every row is measured N times, the rounds interleaved (each round
+//! runs every row once, starting with a different one), and the tables give the median with
+//! the spread (lowest–highest) and, per round, each proxy's ratio to the first one and to nginx.
+//! `--scrape`: every proxy serves `--health.addr`, and a scraper GETs `/metrics` from each of
+//! them every second for the whole run (as Prometheus would).
+//!
+//! Usage: proxy-bench --proxy [LABEL=]PATH [--proxy ...] [--seconds N] [--repeat N]
+//!        [--conns 1,16] [--scrape] [--no-per-request] [--out FILE]
+//!
+//! Profiling: `BENCH_PROFILE=N` (load at N connections through the first proxy only; attach
+//! perf/strace to the printed pid), `BENCH_PROFILE=watches`, `BENCH_PROFILE=requests:N` (exactly
+//! N requests at `--conns` connections, then SIGTERM and wait: with `BENCH_WRAP="valgrind
+//! --tool=callgrind ..."` the proxy runs under that command and its instruction count is
+//! written when it exits; `BENCH_TARGET=nginx1` profiles nginx with 1 worker instead),
+//! `BENCH_PROFILE=scrapes:N` (with `--scrape`: exactly N scrapes of `/metrics`, no requests).
+//! `BENCH_PROXY_LOG=warn` turns audit lines off.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -49,13 +64,23 @@ struct Args {
     /// (label, binary)
     proxies: Vec<(String, PathBuf)>,
     seconds: u64,
+    repeat: usize,
+    conns: Vec<usize>,
+    scrape: bool,
+    per_request: bool,
     out: Option<PathBuf>,
 }
+
+const USAGE: &str = "usage: proxy-bench --proxy [LABEL=]PATH [--proxy ...] [--seconds N] [--repeat N] [--conns 1,16] [--scrape] [--no-per-request] [--out FILE]";
 
 fn args() -> Res<Args> {
     let mut a = Args {
         proxies: Vec::new(),
         seconds: 5,
+        repeat: 1,
+        conns: vec![1, 16],
+        scrape: false,
+        per_request: true,
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -68,13 +93,22 @@ fn args() -> Res<Args> {
                 a.proxies.push((label.to_string(), path.into()));
             }
             "--seconds" => a.seconds = v()?.parse().map_err(|_| "--seconds needs a number")?,
-            "--out" => a.out = Some(v()?.into()),
-            _ => {
-                return Err(format!(
-                "unknown argument {k}; usage: proxy-bench --proxy [LABEL=]PATH [--proxy ...] [--seconds N] [--out FILE]"
-            ))
+            "--repeat" => a.repeat = v()?.parse().map_err(|_| "--repeat needs a number")?,
+            "--conns" => {
+                a.conns = v()?
+                    .split(',')
+                    .map(|n| n.parse())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| "--conns needs numbers separated by commas")?
             }
+            "--scrape" => a.scrape = true,
+            "--no-per-request" => a.per_request = false,
+            "--out" => a.out = Some(v()?.into()),
+            _ => return Err(format!("unknown argument {k}; {USAGE}")),
         }
+    }
+    if a.repeat == 0 || a.conns.is_empty() || a.conns.contains(&0) {
+        return Err(format!("--repeat and --conns must be at least 1; {USAGE}"));
     }
     if a.proxies.is_empty() {
         return Err("--proxy PATH (a release build of eks-connector-proxy) is required".into());
@@ -90,6 +124,8 @@ struct UnderTest {
     tcp_port: u16,
     unix: Child,
     sock: PathBuf,
+    /// `--health.addr` port (with `--scrape`).
+    health: Option<u16>,
     rss_idle: u64,
     rss_peak: u64,
     opened: u64,
@@ -103,13 +139,56 @@ struct Bench {
     sa: PathBuf,
     cfg: Arc<ClientConfig>,
     dur: Duration,
+    scrape: bool,
 }
 
-/// One table row.
+/// One table row: its result in each round.
 struct Row {
     run: String,
     conns: usize,
-    r: LoadResult,
+    rounds: Vec<LoadResult>,
+}
+
+impl Row {
+    /// The median of a figure over the rounds.
+    fn median(&self, f: impl Fn(&LoadResult) -> f64) -> f64 {
+        median(self.rounds.iter().map(f).collect())
+    }
+    fn rps(&self) -> f64 {
+        self.median(LoadResult::rps)
+    }
+    fn spread(&self) -> (f64, f64) {
+        let v: Vec<f64> = self.rounds.iter().map(LoadResult::rps).collect();
+        (
+            v.iter().copied().fold(f64::INFINITY, f64::min),
+            v.iter().copied().fold(0.0, f64::max),
+        )
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Adds one round's result to the row (`run`, `conns`), creating it at its first result.
+fn record(rows: &mut Vec<Row>, run: String, conns: usize, r: LoadResult) {
+    match rows.iter_mut().find(|x| x.run == run && x.conns == conns) {
+        Some(row) => row.rounds.push(r),
+        None => rows.push(Row {
+            run,
+            conns,
+            rounds: vec![r],
+        }),
+    }
 }
 
 fn run() -> Res<()> {
@@ -133,32 +212,39 @@ fn run() -> Res<()> {
         sa,
         cfg,
         dur: Duration::from_secs(args.seconds),
+        scrape: args.scrape,
     };
     let mut uts = Vec::new();
     for (i, (label, bin)) in args.proxies.iter().enumerate() {
         uts.push(start_under_test(&b, i, label, bin)?);
     }
     if let Ok(n) = std::env::var("BENCH_PROFILE") {
-        return profile(&b, &mut uts[0], &n);
+        return profile(&b, uts.swap_remove(0), &n, args.conns[0]);
     }
+    let scraper = Scraper::start(&uts);
     let nginx = [1usize, 2]
         .into_iter()
-        .filter_map(|w| start_nginx(&b.dir, w, b.backend.port, &b.pki.ca).map(|(c, p)| (w, c, p)))
+        .filter_map(|w| {
+            start_nginx(&b.dir, w, b.backend.port, &b.pki.ca, false).map(|(c, p)| (w, c, p))
+        })
         .collect::<Vec<_>>();
     if nginx.is_empty() {
         eprintln!("nginx is not installed: no reference rows (apt-get install nginx-light)");
     }
-    let rows = keepalive_rows(&b, &mut uts, &nginx)?;
-    for (_, mut c, _) in nginx {
-        let _ = c.kill();
-        let _ = c.wait();
+    let rows = keepalive_rows(&b, &args, &mut uts, &nginx)?;
+    for (_, c, _) in nginx {
+        stop_gracefully(c);
     }
-    let per_request = per_request_rows(&b, &uts)?;
+    let per_request = match args.per_request {
+        true => per_request_rows(&b, &args, &uts)?,
+        false => Vec::new(),
+    };
     let footprints: Vec<String> = uts
         .iter_mut()
         .map(|ut| footprint(&b, ut))
         .collect::<Res<_>>()?;
-    let report = report(&args, &uts, &rows, &per_request, &footprints);
+    let scrapes = scraper.stop();
+    let report = report(&args, &uts, &rows, &per_request, &footprints, &scrapes);
     println!("{report}");
     if let Some(out) = &args.out {
         std::fs::write(out, &report).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -176,16 +262,23 @@ fn run() -> Res<()> {
 
 fn start_under_test(b: &Bench, i: usize, label: &str, bin: &Path) -> Res<UnderTest> {
     let tcp_port = free_port()?;
+    let health = match b.scrape {
+        true => Some(free_port()?),
+        false => None,
+    };
+    let mut listen = vec![
+        "--proxy.socketType=tcp".to_string(),
+        format!("--proxy.socketAddr=127.0.0.1:{tcp_port}"),
+    ];
+    listen.extend(health.map(|p| format!("--health.addr=127.0.0.1:{p}")));
     let tcp = start_proxy(
         bin,
         &b.dir,
         &format!("tcp-{i}"),
-        &[
-            "--proxy.socketType=tcp",
-            &format!("--proxy.socketAddr=127.0.0.1:{tcp_port}"),
-        ],
+        &listen,
         b.backend.port,
         &b.sa,
+        true,
     )?;
     wait_tcp(tcp_port)?;
     let sock = b.dir.join(format!("connector-{i}.sock"));
@@ -194,11 +287,12 @@ fn start_under_test(b: &Bench, i: usize, label: &str, bin: &Path) -> Res<UnderTe
         &b.dir,
         &format!("unix-{i}"),
         &[
-            "--proxy.socketType=unix",
-            &format!("--proxy.socketAddr={}", sock.display()),
+            "--proxy.socketType=unix".to_string(),
+            format!("--proxy.socketAddr={}", sock.display()),
         ],
         b.backend.port,
         &b.sa,
+        false,
     )?;
     wait_unix(&sock)?;
     one_request(&Target::Proxy(tcp_port), &b.cfg)?;
@@ -211,6 +305,7 @@ fn start_under_test(b: &Bench, i: usize, label: &str, bin: &Path) -> Res<UnderTe
         tcp_port,
         unix,
         sock,
+        health,
         rss_idle,
         rss_peak: 0,
         opened: 0,
@@ -218,75 +313,307 @@ fn start_under_test(b: &Bench, i: usize, label: &str, bin: &Path) -> Res<UnderTe
 }
 
 /// `BENCH_PROFILE=N`: only the first proxy's load at N connections (attach perf/strace to the
-/// printed pid); `BENCH_PROFILE=watches`: its 1,000 watches held open.
-fn profile(b: &Bench, ut: &mut UnderTest, what: &str) -> Res<()> {
+/// printed pid); `BENCH_PROFILE=watches`: its 1,000 watches held open;
+/// `BENCH_PROFILE=requests:N`: exactly N requests at `conns` connections, then SIGTERM and wait
+/// for the proxy to exit (so a `BENCH_WRAP` tool writes its counts).
+fn profile(b: &Bench, mut ut: UnderTest, what: &str, conns: usize) -> Res<()> {
     let pid = ut.tcp.id();
     if what == "watches" {
         let w = open_watches(ut.tcp_port, WATCHES)?;
-        eprintln!("profiling: proxy pid {pid}, {WATCHES} watches open for {:?}", b.dur);
+        eprintln!(
+            "profiling: proxy pid {pid}, {WATCHES} watches open for {:?}",
+            b.dur
+        );
         std::thread::sleep(b.dur);
         println!("RSS {} KiB", rss_kib(pid));
         drop(w);
+    } else if let Some(n) = what.strip_prefix("scrapes:") {
+        // Exactly N scrapes of /metrics (with --scrape), no requests: what one scrape costs.
+        let n: usize = n
+            .parse()
+            .map_err(|_| "BENCH_PROFILE=scrapes:N needs a number")?;
+        let port = ut.health.ok_or("BENCH_PROFILE=scrapes:N needs --scrape")?;
+        let answers: Vec<String> = (0..n).map(|_| scrape(port).0).collect();
+        println!(
+            "pid {pid}: {n} scrapes, the last answered {:?}",
+            answers.last()
+        );
+        let _ = ut.unix.kill();
+        let _ = ut.unix.wait();
+        stop_gracefully(ut.tcp);
+        return Ok(());
+    } else if let Some(n) = what.strip_prefix("requests:") {
+        // BENCH_TARGET=nginxW: nginx with W workers (under BENCH_WRAP) instead of the proxy.
+        let n: usize = n
+            .parse()
+            .map_err(|_| "BENCH_PROFILE=requests:N needs a number")?;
+        let per = n.div_ceil(conns);
+        let _ = ut.unix.kill();
+        let _ = ut.unix.wait();
+        let (child, port) = match std::env::var("BENCH_TARGET").ok().as_deref() {
+            Some(w) if w.starts_with("nginx") => {
+                let _ = ut.tcp.kill();
+                let _ = ut.tcp.wait();
+                let workers = w["nginx".len()..].parse().unwrap_or(1);
+                start_nginx(&b.dir, workers, b.backend.port, &b.pki.ca, true)
+                    .ok_or("nginx did not start")?
+            }
+            _ => (ut.tcp, ut.tcp_port),
+        };
+        let pid = child.id();
+        eprintln!(
+            "profiling: pid {pid}, {} requests at {conns} connections",
+            per * conns
+        );
+        let r = load_n(&Target::Proxy(port), &b.cfg, conns, b.dur, false, per)?;
+        println!("pid {pid}: {} requests, {:.0} req/s", r.count, r.rps());
+        stop_gracefully(child);
+        return Ok(());
     } else {
-        let n: usize = what.parse().map_err(|_| "BENCH_PROFILE must be a number or watches")?;
+        let n: usize = what
+            .parse()
+            .map_err(|_| "BENCH_PROFILE must be a number, watches or requests:N")?;
         eprintln!("profiling: proxy pid {pid}, {n} connections");
         let r = load(&Target::Proxy(ut.tcp_port), &b.cfg, n, b.dur, false)?;
-        println!("{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms", r.rps(), r.pct(50.0), r.pct(99.0));
+        println!(
+            "{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms",
+            r.rps(),
+            r.pct(50.0),
+            r.pct(99.0)
+        );
     }
     let _ = ut.tcp.kill();
     let _ = ut.unix.kill();
     Ok(())
 }
 
-/// Keep-alive load at 1 and 16 connections: direct, each proxy, each nginx, interleaved so
-/// that a change in the machine's load hits them alike.
+/// A scraper that GETs `/metrics` from every proxy's health address once a second.
+struct Scraper {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Vec<(String, usize, String)>>>,
+}
+
+impl Scraper {
+    fn start(uts: &[UnderTest]) -> Scraper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let targets: Vec<(String, u16)> = uts
+            .iter()
+            .filter_map(|u| u.health.map(|p| (u.label.clone(), p)))
+            .collect();
+        if targets.is_empty() {
+            return Scraper { stop, handle: None };
+        }
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            // Per proxy: scrapes, and the status lines answered (with their count).
+            let mut seen: Vec<(usize, std::collections::BTreeMap<String, usize>, usize)> =
+                targets.iter().map(|_| (0, Default::default(), 0)).collect();
+            while !s.load(Ordering::SeqCst) {
+                let t0 = Instant::now();
+                for ((_, port), got) in targets.iter().zip(seen.iter_mut()) {
+                    let (status, bytes) = scrape(*port);
+                    got.0 += 1;
+                    *got.1.entry(status).or_default() += 1;
+                    got.2 = got.2.max(bytes);
+                }
+                if let Some(rest) = Duration::from_secs(1).checked_sub(t0.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+            targets
+                .iter()
+                .zip(seen)
+                .map(|((label, _), (n, statuses, bytes))| {
+                    let st: Vec<String> =
+                        statuses.iter().map(|(k, v)| format!("{v} × {k}")).collect();
+                    (
+                        label.clone(),
+                        n,
+                        format!("{} (largest answer {bytes} bytes)", st.join(", ")),
+                    )
+                })
+                .collect()
+        });
+        Scraper {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops scraping: per proxy, (label, scrapes, what they got).
+    fn stop(self) -> Vec<(String, usize, String)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.and_then(|h| h.join().ok()).unwrap_or_default()
+    }
+}
+
+/// One `GET /metrics`: the status line (or the error) and the bytes read.
+fn scrape(port: u16) -> (String, usize) {
+    let run = || -> std::io::Result<(String, usize)> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut all = Vec::new();
+        s.read_to_end(&mut all)?;
+        let line = all.split(|&c| c == b'\r').next().unwrap_or_default();
+        Ok((String::from_utf8_lossy(line).into_owned(), all.len()))
+    };
+    run().unwrap_or_else(|e| (format!("error: {e}"), 0))
+}
+
+/// One measurement of a round: a row's label and what it runs.
+struct Job<'a> {
+    run: String,
+    target: Target,
+    /// The processes serving it (a proxy; nginx's master, whose workers are counted with it).
+    pids: Vec<u32>,
+    /// The proxy whose RSS and upstream connections are watched meanwhile.
+    ut: Option<&'a mut UnderTest>,
+}
+
+/// Runs each round's jobs, the k-th round starting at its k-th job (so that no row is always
+/// first after a pause, or always last), recording each result in `rows`.
+fn rounds(
+    b: &Bench,
+    repeat: usize,
+    conns: usize,
+    reconnect: bool,
+    mut jobs: Vec<Job>,
+    rows: &mut Vec<Row>,
+) -> Res<()> {
+    for round in 0..repeat {
+        let n = jobs.len();
+        for i in 0..n {
+            let job = &mut jobs[(round + i) % n];
+            let cpu0 = (
+                cpu_ms(&job.pids),
+                own_cpu_ms(),
+                switches(&job.pids),
+                own_switches(),
+            );
+            // The server's threads are sampled again at the end of the load, before the
+            // client connections (and the proxy's threads serving them) close.
+            let pids = job.pids.clone();
+            let mut server_end = std::collections::HashMap::new();
+            let mut at_end = || server_end = switches(&pids);
+            let r = match job.ut.as_deref_mut() {
+                Some(ut) => {
+                    let before = b.backend.accepted.load(Ordering::SeqCst);
+                    let (r, peak) = with_rss_sampler(ut.tcp.id(), || {
+                        load_with(
+                            &job.target,
+                            &b.cfg,
+                            conns,
+                            b.dur,
+                            reconnect,
+                            usize::MAX,
+                            &mut at_end,
+                        )
+                    })?;
+                    ut.opened += b.backend.accepted.load(Ordering::SeqCst) - before;
+                    ut.rss_peak = ut.rss_peak.max(peak);
+                    r
+                }
+                None => match load_with(
+                    &job.target,
+                    &b.cfg,
+                    conns,
+                    b.dur,
+                    reconnect,
+                    usize::MAX,
+                    &mut at_end,
+                ) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("{} failed: {e}", job.run);
+                        continue;
+                    }
+                },
+            };
+            let mut r = r;
+            r.cpu_server_ms = cpu_ms(&job.pids).saturating_sub(cpu0.0);
+            r.cpu_bench_ms = own_cpu_ms().saturating_sub(cpu0.1);
+            r.switches_server = switches_between(&cpu0.2, &server_end);
+            r.switches_bench = own_switches().saturating_sub(cpu0.3);
+            eprintln!(
+                "round {}: {} at {conns}: {:.0} req/s",
+                round + 1,
+                job.run,
+                r.rps()
+            );
+            record(rows, job.run.clone(), conns, r);
+        }
+    }
+    // Rows in the jobs' order, whatever order the rounds ran them in.
+    rows.sort_by_key(|r| {
+        (
+            r.conns,
+            jobs.iter()
+                .position(|j| j.run == r.run)
+                .unwrap_or(usize::MAX),
+        )
+    });
+    Ok(())
+}
+
+/// Keep-alive load: direct, each proxy, each nginx, interleaved so that a change in the
+/// machine's load hits them alike.
 fn keepalive_rows(
     b: &Bench,
+    args: &Args,
     uts: &mut [UnderTest],
     nginx: &[(usize, Child, u16)],
 ) -> Res<Vec<Row>> {
     let mut rows = Vec::new();
-    for conns in [1usize, 16] {
-        let r = load(&Target::Direct(b.backend.port), &b.cfg, conns, b.dur, false)?;
-        rows.push(Row { run: "direct (TLS to backend)".into(), conns, r });
+    for &conns in &args.conns {
+        let mut jobs = vec![Job {
+            run: "direct (TLS to backend)".into(),
+            target: Target::Direct(b.backend.port),
+            pids: Vec::new(),
+            ut: None,
+        }];
         for ut in uts.iter_mut() {
-            let before = b.backend.accepted.load(Ordering::SeqCst);
-            let (r, peak) = with_rss_sampler(ut.tcp.id(), || {
-                load(&Target::Proxy(ut.tcp_port), &b.cfg, conns, b.dur, false)
-            })?;
-            ut.opened += b.backend.accepted.load(Ordering::SeqCst) - before;
-            ut.rss_peak = ut.rss_peak.max(peak);
-            rows.push(Row { run: format!("{}: eks-connector-proxy (TCP)", ut.label), conns, r });
+            jobs.push(Job {
+                run: format!("{}: eks-connector-proxy (TCP)", ut.label),
+                target: Target::Proxy(ut.tcp_port),
+                pids: vec![ut.tcp.id()],
+                ut: Some(ut),
+            });
         }
-        for (workers, _, port) in nginx {
-            match load(&Target::Proxy(*port), &b.cfg, conns, b.dur, false) {
-                Ok(r) => rows.push(Row {
-                    run: format!("nginx, {workers} worker(s), access log on"),
-                    conns,
-                    r,
-                }),
-                Err(e) => eprintln!("nginx reference run failed: {e}"),
-            }
+        for (workers, child, port) in nginx {
+            let nginx_pid = child.id();
+            jobs.push(Job {
+                run: format!("nginx, {workers} worker(s), access log on"),
+                target: Target::Proxy(*port),
+                pids: vec![nginx_pid],
+                ut: None,
+            });
         }
+        rounds(b, args.repeat, conns, false, jobs, &mut rows)?;
     }
     Ok(rows)
 }
 
 /// A new connection per request: each proxy over its unix socket vs a new direct TLS
-/// connection, sequential and 16 at a time; then sequential curl (process per request).
-fn per_request_rows(b: &Bench, uts: &[UnderTest]) -> Res<Vec<Row>> {
+/// connection; then sequential curl (process per request).
+fn per_request_rows(b: &Bench, args: &Args, uts: &[UnderTest]) -> Res<Vec<Row>> {
     let mut rows = Vec::new();
-    for conns in [1usize, 16] {
-        let r = load(&Target::Direct(b.backend.port), &b.cfg, conns, b.dur, true)?;
-        rows.push(Row { run: "direct: new TLS connection per request".into(), conns, r });
+    for &conns in &args.conns {
+        let mut jobs = vec![Job {
+            run: "direct: new TLS connection per request".into(),
+            target: Target::Direct(b.backend.port),
+            pids: Vec::new(),
+            ut: None,
+        }];
         for ut in uts {
-            let r = load(&Target::Unix(ut.sock.clone()), &b.cfg, conns, b.dur, true)?;
-            rows.push(Row {
+            jobs.push(Job {
                 run: format!("{}: new unix-socket connection per request", ut.label),
-                conns,
-                r,
+                target: Target::Unix(ut.sock.clone()),
+                pids: vec![ut.unix.id()],
+                ut: None,
             });
         }
+        rounds(b, args.repeat, conns, true, jobs, &mut rows)?;
     }
     for ut in uts {
         let sock = ut.sock.clone();
@@ -296,14 +623,26 @@ fn per_request_rows(b: &Bench, uts: &[UnderTest]) -> Res<Vec<Row>> {
                 .args(["-H", &format!("x-aws-eks-identity-arn: {IDENTITY}")])
                 .arg(format!("http://localhost{PATH}"));
         })?;
-        rows.push(Row { run: format!("{}: curl --unix-socket, process per request", ut.label), conns: 1, r });
+        record(
+            &mut rows,
+            format!("{}: curl --unix-socket, process per request", ut.label),
+            1,
+            r,
+        );
     }
     let ca = b.pki.ca.clone();
     let port = b.backend.port;
     let r = curl_series(100, |c| {
-        c.arg("--cacert").arg(&ca).arg(format!("https://127.0.0.1:{port}{PATH}"));
+        c.arg("--cacert")
+            .arg(&ca)
+            .arg(format!("https://127.0.0.1:{port}{PATH}"));
     })?;
-    rows.push(Row { run: "curl https direct, process per request".into(), conns: 1, r });
+    record(
+        &mut rows,
+        "curl https direct, process per request".into(),
+        1,
+        r,
+    );
     Ok(rows)
 }
 
@@ -346,6 +685,7 @@ fn report(
     rows: &[Row],
     per_request: &[Row],
     footprints: &[String],
+    scrapes: &[(String, usize, String)],
 ) -> String {
     let mut t = String::new();
     let ver = Command::new(&uts[0].bin)
@@ -354,10 +694,11 @@ fn report(
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     t.push_str(&format!(
-        "# eks-connector-proxy benchmark\n\n{ver}; {} CPUs, {}; {} s per load run; backend: rustls TLS 1.3 (ECDSA P-256), {} byte JSON responses, keep-alive; load average at the end of the run: {}.\n\n",
+        "# eks-connector-proxy benchmark\n\n{ver}; {} CPUs, {}; {} s per load run, {} round(s) interleaved; backend: rustls TLS 1.3 (ECDSA P-256), {} byte JSON responses, keep-alive; load average at the end of the run: {}.\n\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| format!("Linux {}", s.trim())).unwrap_or_default(),
         args.seconds,
+        args.repeat,
         BODY_LEN,
         std::fs::read_to_string("/proc/loadavg").map(|s| s.split(' ').take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default(),
     ));
@@ -365,10 +706,20 @@ fn report(
     for ut in uts {
         t.push_str(&format!("`{}` = {}; ", ut.label, ut.bin.display()));
     }
-    t.push_str("\n\n### Keep-alive connections\n\n");
+    t.push_str("\n\n");
+    for (label, n, what) in scrapes {
+        t.push_str(&format!("`GET /metrics` on `{label}`'s health address once a second during the whole run: {n} scrapes, answered {what}.\n\n"));
+    }
+    t.push_str("### Keep-alive connections\n\n");
     table(&mut t, rows, "nginx, 1 worker");
-    t.push_str("\n### A new connection per request (the console's traffic through the SSM agent)\n\n");
-    table(&mut t, per_request, "direct: new TLS");
+    paired(&mut t, rows, &uts[0].label);
+    if !per_request.is_empty() {
+        t.push_str(
+            "\n### A new connection per request (the console's traffic through the SSM agent)\n\n",
+        );
+        table(&mut t, per_request, "direct: new TLS");
+        paired(&mut t, per_request, &uts[0].label);
+    }
     t.push_str("\n### Footprint (MiB; budgets: idle ≤ 2, under load ≤ 8, 1,000 watches < 64)\n\n");
     t.push_str("| proxy | binary bytes | RSS idle | RSS peak under load | RSS after load | upstream conns open after load / opened during it | RSS with 1,000 idle watches | RSS after they closed |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for f in footprints {
@@ -377,28 +728,80 @@ fn report(
     t
 }
 
-/// Rows with req/s, latency and the ratio to direct and to the reference row (`reference`,
-/// matched by prefix) at the same connection count.
+/// Rows with the median req/s and its spread over the rounds, median latencies, and the
+/// ratio of medians to direct and to the reference row (`reference`, matched by prefix) at
+/// the same connection count.
 fn table(t: &mut String, rows: &[Row], reference: &str) {
-    t.push_str(&format!("| run | conns | req/s | p50 ms | p99 ms | / direct | / {reference} |\n|---|---:|---:|---:|---:|---:|---:|\n"));
+    t.push_str(&format!("| run | conns | req/s (median) | lowest–highest | p50 ms | p99 ms | / direct | / {reference} | server CPU µs/req | client+backend CPU µs/req | server / client+backend context switches per req |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"));
     for row in rows {
-        let same = |p: &str| rows.iter().find(|r| r.conns == row.conns && r.run.starts_with(p));
+        let same = |p: &str| {
+            rows.iter()
+                .find(|r| r.conns == row.conns && r.run.starts_with(p))
+        };
         let ratio = |p: &str| {
             same(p)
                 .filter(|r| !std::ptr::eq(*r, row))
-                .map(|r| format!("{:.2}×", row.r.rps() / r.r.rps().max(1.0)))
+                .map(|r| format!("{:.2}×", row.rps() / r.rps().max(1.0)))
                 .unwrap_or_default()
         };
+        let (lo, hi) = row.spread();
         t.push_str(&format!(
-            "| {} | {} | {:.0} | {:.3} | {:.3} | {} | {} |\n",
+            "| {} | {} | {:.0} | {lo:.0}–{hi:.0} | {:.3} | {:.3} | {} | {} | {:.1} | {:.1} | {:.2} / {:.2} |\n",
             row.run,
             row.conns,
-            row.r.rps(),
-            row.r.pct(50.0),
-            row.r.pct(99.0),
+            row.rps(),
+            row.median(|r| r.pct(50.0)),
+            row.median(|r| r.pct(99.0)),
             ratio("direct"),
             ratio(reference),
+            row.median(|r| r.cpu_us().0),
+            row.median(|r| r.cpu_us().1),
+            row.median(|r| r.switches().0),
+            row.median(|r| r.switches().1),
         ));
+    }
+}
+
+/// Round by round (each round measures every row once, close in time): each proxy's req/s over
+/// the first proxy's and over each nginx's — ratios that the machine's load cancels out of.
+fn paired(t: &mut String, rows: &[Row], first: &str) {
+    let proxies: Vec<&Row> = rows
+        .iter()
+        .filter(|r| {
+            !r.run.starts_with("direct") && !r.run.starts_with("nginx") && !r.run.contains("curl")
+        })
+        .collect();
+    let mut lines = Vec::new();
+    for row in &proxies {
+        let refs = rows.iter().filter(|r| {
+            r.conns == row.conns
+                && !std::ptr::eq(*r, *row)
+                && (r.run.starts_with(&format!("{first}:")) || r.run.starts_with("nginx"))
+                && r.rounds.len() == row.rounds.len()
+        });
+        for other in refs {
+            let per: Vec<f64> = row
+                .rounds
+                .iter()
+                .zip(&other.rounds)
+                .map(|(a, b)| a.rps() / b.rps().max(1.0))
+                .collect();
+            let list: Vec<String> = per.iter().map(|x| format!("{x:.2}")).collect();
+            lines.push(format!(
+                "| {} / {} | {} | {} | {:.2}× |\n",
+                row.run.split(':').next().unwrap_or(&row.run),
+                other.run.split(':').next().unwrap_or(&other.run),
+                row.conns,
+                list.join(", "),
+                median(per),
+            ));
+        }
+    }
+    if !lines.is_empty() {
+        t.push_str(
+            "\n| ratio, round by round | conns | each round | median |\n|---|---:|---|---:|\n",
+        );
+        lines.iter().for_each(|l| t.push_str(l));
     }
 }
 
@@ -639,7 +1042,13 @@ fn serve_backend(
 /// nginx as a tuned reverse proxy in front of the same backend: `workers` worker processes,
 /// upstream keep-alive, TLS session reuse, and an access-log line per request written to a file
 /// (as our audit line is).
-fn start_nginx(dir: &Path, workers: usize, backend: u16, ca: &Path) -> Option<(Child, u16)> {
+fn start_nginx(
+    dir: &Path,
+    workers: usize,
+    backend: u16,
+    ca: &Path,
+    wrapped: bool,
+) -> Option<(Child, u16)> {
     let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .find(|p| Path::new(p).exists())?;
@@ -663,7 +1072,7 @@ fn start_nginx(dir: &Path, workers: usize, backend: u16, ca: &Path) -> Option<(C
         ca = ca.display(),
     );
     std::fs::write(nd.join("nginx.conf"), conf).ok()?;
-    let child = Command::new(bin)
+    let child = command(Path::new(bin), wrapped)
         .arg("-p")
         .arg(&nd)
         .arg("-c")
@@ -679,18 +1088,45 @@ fn start_nginx(dir: &Path, workers: usize, backend: u16, ca: &Path) -> Option<(C
 
 // ---------------------------------------------------------------- proxy process
 
+/// SIGTERM, then waits: nginx's master stops its workers (a SIGKILL would leave them running).
+/// The child's own children are signalled too: under `strace`, which ignores SIGTERM while it
+/// runs a command, the server is strace's child.
+fn stop_gracefully(mut c: Child) {
+    for pid in with_children(&[c.id()]).into_iter().rev() {
+        // SAFETY: signalling our own child or its children.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    let _ = c.wait();
+}
+
+/// `bin`, or (`wrapped`) `bin` under the command in `BENCH_WRAP` (e.g. valgrind), if set.
+fn command(bin: &Path, wrapped: bool) -> Command {
+    let wrap = std::env::var("BENCH_WRAP").ok().filter(|_| wrapped);
+    let mut words = wrap.iter().flat_map(|w| w.split_whitespace());
+    match words.next() {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.args(words).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
+/// Starts a proxy; `wrapped`: under the command in `BENCH_WRAP`, if set.
 fn start_proxy(
     bin: &Path,
     dir: &Path,
     name: &str,
-    listen: &[&str],
+    listen: &[String],
     backend: u16,
     sa: &Path,
+    wrapped: bool,
 ) -> Res<Child> {
     let log =
         std::fs::File::create(dir.join(format!("proxy-{name}.log"))).map_err(|e| e.to_string())?;
-    Command::new(bin)
-        .args(listen)
+    let mut cmd = command(bin, wrapped);
+    cmd.args(listen)
         .arg(format!("--proxy.targetHost=127.0.0.1:{backend}"))
         .arg(format!("--serviceaccount.dir={}", sa.display()))
         .env(
@@ -710,7 +1146,8 @@ fn free_port() -> Res<u16> {
 }
 
 fn wait_tcp(port: u16) -> Res<()> {
-    for _ in 0..200 {
+    // 20 s: a proxy under valgrind starts slowly.
+    for _ in 0..800 {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
         }
@@ -772,7 +1209,9 @@ impl Write for Conn {
 
 fn connect(t: &Target, cfg: &Arc<ClientConfig>) -> Res<Conn> {
     match t {
-        Target::Unix(p) => Ok(Conn::Unix(UnixStream::connect(p).map_err(|e| e.to_string())?)),
+        Target::Unix(p) => Ok(Conn::Unix(
+            UnixStream::connect(p).map_err(|e| e.to_string())?,
+        )),
         Target::Proxy(p) => {
             let s = TcpStream::connect(("127.0.0.1", *p)).map_err(|e| e.to_string())?;
             let _ = s.set_nodelay(true);
@@ -849,11 +1288,34 @@ struct LoadResult {
     count: usize,
     elapsed: Duration,
     lat_us: Vec<u32>,
+    /// CPU time (user + system) of the proxy or nginx under test, and of this program (load
+    /// generator and backend), during the run.
+    cpu_server_ms: u64,
+    cpu_bench_ms: u64,
+    /// Context switches of the server's threads, and of this program's, during the run.
+    switches_server: u64,
+    switches_bench: u64,
 }
 
 impl LoadResult {
     fn rps(&self) -> f64 {
         self.count as f64 / self.elapsed.as_secs_f64()
+    }
+    /// CPU µs per request: the server's, and the load generator's and backend's.
+    fn cpu_us(&self) -> (f64, f64) {
+        let n = self.count.max(1) as f64;
+        (
+            self.cpu_server_ms as f64 * 1000.0 / n,
+            self.cpu_bench_ms as f64 * 1000.0 / n,
+        )
+    }
+    /// Context switches per request: the server's, and the load generator's and backend's.
+    fn switches(&self) -> (f64, f64) {
+        let n = self.count.max(1) as f64;
+        (
+            self.switches_server as f64 / n,
+            self.switches_bench as f64 / n,
+        )
     }
     fn pct(&self, p: f64) -> f64 {
         if self.lat_us.is_empty() {
@@ -872,6 +1334,31 @@ fn load(
     conns: usize,
     dur: Duration,
     reconnect: bool,
+) -> Res<LoadResult> {
+    load_n(t, cfg, conns, dur, reconnect, usize::MAX)
+}
+
+/// [`load`], each client stopping after `per_conn` requests (then `dur` is not waited for).
+fn load_n(
+    t: &Target,
+    cfg: &Arc<ClientConfig>,
+    conns: usize,
+    dur: Duration,
+    reconnect: bool,
+    per_conn: usize,
+) -> Res<LoadResult> {
+    load_with(t, cfg, conns, dur, reconnect, per_conn, &mut || {})
+}
+
+/// [`load_n`], calling `at_end` when `dur` has passed, before the clients stop.
+fn load_with(
+    t: &Target,
+    cfg: &Arc<ClientConfig>,
+    conns: usize,
+    dur: Duration,
+    reconnect: bool,
+    per_conn: usize,
+    at_end: &mut dyn FnMut(),
 ) -> Res<LoadResult> {
     let req = Arc::new(request(t));
     let stop = Arc::new(AtomicBool::new(false));
@@ -893,9 +1380,9 @@ fn load(
             cfg.clone(),
         );
         handles.push(std::thread::spawn(move || {
-            let mut lat = Vec::with_capacity(1 << 16);
+            let mut lat = Vec::with_capacity(per_conn.min(1 << 16));
             let mut line = String::new();
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) && lat.len() < per_conn {
                 let t0 = Instant::now();
                 let mut conn = match c.take() {
                     Some(conn) => conn,
@@ -929,8 +1416,11 @@ fn load(
             lat
         }));
     }
-    std::thread::sleep(dur);
-    stop.store(true, Ordering::SeqCst);
+    if per_conn == usize::MAX {
+        std::thread::sleep(dur);
+        at_end();
+        stop.store(true, Ordering::SeqCst);
+    }
     let mut all = Vec::new();
     for h in handles {
         all.extend(h.join().map_err(|_| "load thread panicked")?);
@@ -947,6 +1437,10 @@ fn load(
         count: all.len(),
         elapsed,
         lat_us: all,
+        cpu_server_ms: 0,
+        cpu_bench_ms: 0,
+        switches_server: 0,
+        switches_bench: 0,
     })
 }
 
@@ -986,6 +1480,10 @@ fn curl_series(n: usize, setup: impl Fn(&mut Command)) -> Res<LoadResult> {
         count: n,
         elapsed,
         lat_us: lat,
+        cpu_server_ms: 0,
+        cpu_bench_ms: 0,
+        switches_server: 0,
+        switches_bench: 0,
     })
 }
 
@@ -1032,6 +1530,89 @@ fn status_field(pid: u32, field: &str) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// These processes and their children (nginx's workers).
+fn with_children(pids: &[u32]) -> Vec<u32> {
+    let mut all: Vec<u32> = pids.to_vec();
+    for &p in pids {
+        let kids =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        all.extend(
+            kids.split_whitespace()
+                .filter_map(|k| k.parse::<u32>().ok()),
+        );
+    }
+    all
+}
+
+/// Context switches (voluntary and not) of each live thread of these processes and their
+/// children, by thread id: each voluntary one is a thread going to sleep, to be woken again.
+fn switches(pids: &[u32]) -> std::collections::HashMap<String, u64> {
+    let mut n = std::collections::HashMap::new();
+    for p in with_children(pids) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let c = st
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+            n.insert(t.file_name().to_string_lossy().into_owned(), c);
+        }
+    }
+    n
+}
+
+/// Switches between two samples of [`switches`]: threads in both by their difference, threads
+/// born meanwhile in full (threads that ended meanwhile are not seen: sample before they end).
+fn switches_between(
+    a: &std::collections::HashMap<String, u64>,
+    b: &std::collections::HashMap<String, u64>,
+) -> u64 {
+    b.iter()
+        .map(|(t, n)| n.saturating_sub(a.get(t).copied().unwrap_or(0)))
+        .sum()
+}
+
+/// Context switches of this whole program so far, ended threads included.
+fn own_switches() -> u64 {
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        (u.ru_nvcsw + u.ru_nivcsw) as u64
+    }
+}
+
+/// CPU time (user + system, ms) of these processes and their children (nginx's workers).
+fn cpu_ms(pids: &[u32]) -> u64 {
+    proc_cpu_ms(&with_children(pids))
+}
+
+/// CPU time of this program: the load generator and the backend (not its child processes,
+/// the servers under test).
+fn own_cpu_ms() -> u64 {
+    proc_cpu_ms(&[std::process::id()])
+}
+
+/// CPU time (user + system, ms) of these processes, each with all its threads.
+fn proc_cpu_ms(pids: &[u32]) -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let tick_ms = 1000 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64);
+    pids.iter()
+        .map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // Fields after the command (which may hold spaces): state is field 3; utime 14, stime 15.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            (t(11) + t(12)) * tick_ms
+        })
+        .sum()
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -101,6 +101,10 @@ prereq_info() {
             P_FIX="install Go >= $(go_wanted) from https://go.dev/dl and put it on PATH (Debian 12's golang-go is 1.19, too old)" ;;
         openssl) P_HOW="openssl makes a self-signed RSA certificate"; P_APT="openssl" ;;
         curl) P_HOW="curl -V lists UnixSockets"; P_APT="curl" ;;
+        strace) P_HOW="strace -c counts the system calls of a command"; P_APT="strace" ;;
+        valgrind) P_HOW="valgrind --tool=callgrind runs a command"; P_APT="valgrind" ;;
+        nginx) P_HOW="nginx -V lists the SSL module (the bench's reference reverse proxy: TLS upstream)"
+            P_APT="nginx-light" ;;
         setpriv) P_HOW="setpriv --pdeathsig TERM true runs"; P_APT="util-linux" ;;
         flock) P_HOW="flock FILE true runs"; P_APT="util-linux" ;;
         tar) P_HOW="tar -c and -x round-trip a file"; P_APT="tar" ;;
@@ -169,6 +173,11 @@ prereq_probe() {
             openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=prereq -days 1 \
                 -keyout "$d/key.pem" -out "$d/cert.pem" 2>&1 ;;
         curl) curl -V | grep -q UnixSockets || { curl -V; echo "curl without unix socket support"; return 1; } ;;
+        strace) strace -c -o /dev/null true ;;
+        valgrind) valgrind -q --tool=callgrind --callgrind-out-file=/dev/null true ;;
+        nginx)
+            out="$(PATH="$PATH:/usr/sbin:/usr/local/sbin" nginx -V 2>&1)" || { echo "$out"; return 1; }
+            [[ "$out" == *http_ssl_module* ]] || { echo "nginx without the SSL module: $out"; return 1; } ;;
         setpriv) setpriv --pdeathsig TERM true ;;
         flock) flock "$d/lock" true ;;
         tar) echo x >"$d/tar.in" && tar -cf "$d/t.tar" -C "$d" tar.in && tar -xOf "$d/t.tar" tar.in | grep -qx x ;;
