@@ -9,7 +9,8 @@
 #   ./build.sh chart        the Helm chart (manifests/chart/eks-connector) packaged as dist/eks-connector-<version>.tgz
 #   ./build.sh mirror REG   push that image and the SSM agent's into registry REG (air-gapped install)
 #   ./build.sh bench        benchmarks (proxy and agent launcher), release builds
-#   ./build.sh fuzz [SECS]  every cargo-fuzz target for SECS seconds each (default 60; nightly)
+#   ./build.sh fuzz [SECS] [TARGET...]  each cargo-fuzz target (default: all) for SECS seconds
+#                           (default 60; nightly)
 # Each command first checks what it needs and, as root on Debian, installs what is missing.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -30,14 +31,21 @@ build_release() {
 # Runs every fuzz target for a while (not in CI: `cargo test --test fuzz_corpus` replays the
 # committed corpora on stable). New inputs go to fuzz/work/TARGET; crashes to fuzz/artifacts/.
 run_fuzz() {
-    local secs="${1:-60}"
-    [[ "$secs" =~ ^[0-9]+$ ]] || die "usage: ./build.sh fuzz [SECONDS]"
+    local secs="${1:-60}" targets
+    [[ "$secs" =~ ^[0-9]+$ ]] || die "usage: ./build.sh fuzz [SECONDS] [TARGET...]"
+    shift $(($# > 0 ? 1 : 0))
     rustup toolchain list 2>/dev/null | grep -q '^nightly' \
         || die "fuzzing needs the nightly toolchain: rustup toolchain install nightly"
     command -v cargo-fuzz >/dev/null || die "cargo-fuzz is missing: cargo install cargo-fuzz"
     cd fuzz
     local failed=()
-    for t in $(cargo +nightly fuzz list); do
+    targets="$(cargo +nightly fuzz list)"
+    local list=("$@")
+    ((${#list[@]})) || mapfile -t list <<<"$targets"
+    for t in "${list[@]}"; do
+        grep -qx "$t" <<<"$targets" || die "no fuzz target '$t' (targets: $(tr '\n' ' ' <<<"$targets"))"
+    done
+    for t in "${list[@]}"; do
         mkdir -p "work/$t"
         say "fuzz $t for ${secs}s"
         set +o pipefail
