@@ -93,9 +93,12 @@ fn field_values<'a>(
     fields: &'a [(Span, Span)],
     name: &'a str,
 ) -> impl Iterator<Item = &'a [u8]> + 'a {
-    field_iter(raw, fields)
-        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
+    // Bytes compared as `str::eq_ignore_ascii_case` compares them, without a UTF-8 check of
+    // every name on every lookup (a dozen lookups per proxied request).
+    fields
+        .iter()
+        .filter(move |(n, _)| raw[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+        .map(move |(_, v)| &raw[v.clone()])
 }
 
 fn lists_token<'a>(mut values: impl Iterator<Item = &'a [u8]>, token: &str) -> bool {

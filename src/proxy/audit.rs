@@ -62,13 +62,10 @@ fn format_line(line: &mut String, e: &Entry) {
     while !e.target.is_char_boundary(cut) {
         cut -= 1;
     }
-    let _ = write!(
-        line,
-        " INFO  {TARGET}] identity={:?} method={} path={:?}",
-        e.identity,
-        e.method,
-        &e.target[..cut]
-    );
+    let _ = write!(line, " INFO  {TARGET}] identity=");
+    push_quoted(line, e.identity);
+    let _ = write!(line, " method={} path=", e.method);
+    push_quoted(line, &e.target[..cut]);
     let len = e.target_len.max(e.target.len());
     if len > cut {
         let _ = write!(line, " path_bytes={len}");
@@ -82,6 +79,21 @@ fn format_line(line: &mut String, e: &Entry) {
         let _ = write!(line, " note={n:?}");
     }
     line.push('\n');
+}
+
+/// `s` as `{:?}` writes it. Identities and paths are nearly always printable ASCII without
+/// quotes or backslashes, which `{:?}` would copy unchanged: those are copied at once rather
+/// than escaped character by character.
+fn push_quoted(line: &mut String, s: &str) {
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        line.push('"');
+        line.push_str(s);
+        line.push('"');
+    } else {
+        let _ = write!(line, "{s:?}");
+    }
 }
 
 fn write_stderr(mut b: &[u8]) {
@@ -133,6 +145,31 @@ mod tests {
         let mut s = String::new();
         push_timestamp(&mut s, UNIX_EPOCH);
         assert_eq!(s, "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn quoted_values_read_as_debug_formatting_writes_them() {
+        // Every ASCII character alone and inside a value, quotes, backslashes, control
+        // characters, non-ASCII text: the audit line quotes as `{:?}` always did.
+        let mut cases: Vec<String> = (0u8..0x80).map(|b| char::from(b).to_string()).collect();
+        cases.extend((0u8..0x80).map(|b| format!("/api/v1/pods?x={}&y", char::from(b))));
+        cases.extend(
+            [
+                "",
+                "arn:aws:iam::111122223333:role/EKSConsoleViewer",
+                "say \"hi\"",
+                "back\\slash",
+                "tab\there",
+                "é/ü/\u{200b}/\u{301}",
+                "\u{7f}\u{85}",
+            ]
+            .map(String::from),
+        );
+        for c in &cases {
+            let mut line = String::new();
+            push_quoted(&mut line, c);
+            assert_eq!(line, format!("{c:?}"), "for {c:?}");
+        }
     }
 
     #[test]
