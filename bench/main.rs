@@ -365,7 +365,15 @@ fn profile(b: &Bench, mut ut: UnderTest, what: &str, conns: usize) -> Res<()> {
             "profiling: pid {pid}, {} requests at {conns} connections",
             per * conns
         );
-        let r = load_n(&Target::Proxy(port), &b.cfg, conns, b.dur, false, per)?;
+        let r = load_with(
+            &Target::Proxy(port),
+            &b.cfg,
+            conns,
+            b.dur,
+            false,
+            per,
+            &mut || {},
+        )?;
         println!("pid {pid}: {} requests, {:.0} req/s", r.count, r.rps());
         stop_gracefully(child);
         return Ok(());
@@ -471,6 +479,18 @@ struct Job<'a> {
     ut: Option<&'a mut UnderTest>,
 }
 
+impl Job<'_> {
+    /// The client speaking TLS to the backend itself.
+    fn direct(run: &str, port: u16) -> Self {
+        Job {
+            run: run.into(),
+            target: Target::Direct(port),
+            pids: Vec::new(),
+            ut: None,
+        }
+    }
+}
+
 /// Runs each round's jobs, the k-th round starting at its k-th job (so that no row is always
 /// first after a pause, or always last), recording each result in `rows`.
 fn rounds(
@@ -484,64 +504,57 @@ fn rounds(
     for round in 0..repeat {
         let n = jobs.len();
         for i in 0..n {
-            let job = &mut jobs[(round + i) % n];
-            let cpu0 = (
-                cpu_ms(&job.pids),
-                own_cpu_ms(),
-                switches(&job.pids),
-                own_switches(),
-            );
+            let Job {
+                run,
+                target,
+                pids,
+                ut,
+            } = &mut jobs[(round + i) % n];
+            let cpu0 = (cpu_ms(pids), own_cpu_ms(), switches(pids), own_switches());
             // The server's threads are sampled again at the end of the load, before the
             // client connections (and the proxy's threads serving them) close.
-            let pids = job.pids.clone();
             let mut server_end = std::collections::HashMap::new();
-            let mut at_end = || server_end = switches(&pids);
-            let r = match job.ut.as_deref_mut() {
-                Some(ut) => {
-                    let before = b.backend.accepted.load(Ordering::SeqCst);
-                    let (r, peak) = with_rss_sampler(ut.tcp.id(), || {
-                        load_with(
-                            &job.target,
-                            &b.cfg,
-                            conns,
-                            b.dur,
-                            reconnect,
-                            usize::MAX,
-                            &mut at_end,
-                        )
-                    })?;
-                    ut.opened += b.backend.accepted.load(Ordering::SeqCst) - before;
-                    ut.rss_peak = ut.rss_peak.max(peak);
-                    r
-                }
-                None => match load_with(
-                    &job.target,
+            let mut at_end = || server_end = switches(pids);
+            let mut go = || {
+                let target: &Target = target;
+                load_with(
+                    target,
                     &b.cfg,
                     conns,
                     b.dur,
                     reconnect,
                     usize::MAX,
                     &mut at_end,
-                ) {
+                )
+            };
+            let r = match ut.as_deref_mut() {
+                Some(ut) => {
+                    let before = b.backend.accepted.load(Ordering::SeqCst);
+                    let (r, peak) = with_rss_sampler(ut.tcp.id(), go)?;
+                    ut.opened += b.backend.accepted.load(Ordering::SeqCst) - before;
+                    ut.rss_peak = ut.rss_peak.max(peak);
+                    r
+                }
+                None => match go() {
                     Ok(r) => r,
                     Err(e) => {
-                        eprintln!("{} failed: {e}", job.run);
+                        eprintln!("{run} failed: {e}");
                         continue;
                     }
                 },
             };
             let mut r = r;
-            r.cpu_server_ms = cpu_ms(&job.pids).saturating_sub(cpu0.0);
+            r.cpu_server_ms = cpu_ms(pids).saturating_sub(cpu0.0);
             r.cpu_bench_ms = own_cpu_ms().saturating_sub(cpu0.1);
             r.switches_server = switches_between(&cpu0.2, &server_end);
             r.switches_bench = own_switches().saturating_sub(cpu0.3);
             eprintln!(
                 "round {}: {} at {conns}: {:.0} req/s",
                 round + 1,
-                job.run,
+                run,
                 r.rps()
             );
-            record(rows, job.run.clone(), conns, r);
+            record(rows, run.clone(), conns, r);
         }
     }
     // Rows in the jobs' order, whatever order the rounds ran them in.
@@ -566,12 +579,7 @@ fn keepalive_rows(
 ) -> Res<Vec<Row>> {
     let mut rows = Vec::new();
     for &conns in &args.conns {
-        let mut jobs = vec![Job {
-            run: "direct (TLS to backend)".into(),
-            target: Target::Direct(b.backend.port),
-            pids: Vec::new(),
-            ut: None,
-        }];
+        let mut jobs = vec![Job::direct("direct (TLS to backend)", b.backend.port)];
         for ut in uts.iter_mut() {
             jobs.push(Job {
                 run: format!("{}: eks-connector-proxy (TCP)", ut.label),
@@ -599,12 +607,10 @@ fn keepalive_rows(
 fn per_request_rows(b: &Bench, args: &Args, uts: &[UnderTest]) -> Res<Vec<Row>> {
     let mut rows = Vec::new();
     for &conns in &args.conns {
-        let mut jobs = vec![Job {
-            run: "direct: new TLS connection per request".into(),
-            target: Target::Direct(b.backend.port),
-            pids: Vec::new(),
-            ut: None,
-        }];
+        let mut jobs = vec![Job::direct(
+            "direct: new TLS connection per request",
+            b.backend.port,
+        )];
         for ut in uts {
             jobs.push(Job {
                 run: format!("{}: new unix-socket connection per request", ut.label),
@@ -1335,22 +1341,11 @@ fn load(
     dur: Duration,
     reconnect: bool,
 ) -> Res<LoadResult> {
-    load_n(t, cfg, conns, dur, reconnect, usize::MAX)
+    load_with(t, cfg, conns, dur, reconnect, usize::MAX, &mut || {})
 }
 
-/// [`load`], each client stopping after `per_conn` requests (then `dur` is not waited for).
-fn load_n(
-    t: &Target,
-    cfg: &Arc<ClientConfig>,
-    conns: usize,
-    dur: Duration,
-    reconnect: bool,
-    per_conn: usize,
-) -> Res<LoadResult> {
-    load_with(t, cfg, conns, dur, reconnect, per_conn, &mut || {})
-}
-
-/// [`load_n`], calling `at_end` when `dur` has passed, before the clients stop.
+/// [`load`], each client stopping after `per_conn` requests (then `dur` is not waited for),
+/// calling `at_end` when `dur` has passed, before the clients stop.
 fn load_with(
     t: &Target,
     cfg: &Arc<ClientConfig>,
