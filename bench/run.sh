@@ -76,8 +76,7 @@ for i in "${!labels[@]}"; do proxies+=(--proxy "${labels[$i]}=${bins[$i]}"); don
 
 load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
 header() {
-    local IFS=';'
-    echo "Produced by \`$command_line\` on $(date -u +%Y-%m-%dT%H:%MZ): ${described[*]}; load average at the start: $load_start (1, 5, 15 min)."
+    echo "Produced by \`$command_line\` on $(date -u +%Y-%m-%dT%H:%MZ): $(printf '%s; ' "${described[@]}")load average at the start: $load_start (1, 5, 15 min)."
     echo
 }
 
