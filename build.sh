@@ -116,7 +116,10 @@ case "${1:-release}" in
     bench)
         # Proxy (vs direct, side by side), agent launcher footprint, init start-up, key rotation
         # with AWS's own SSM agent: release builds.
-        for b in bench/run.sh bench/agent.sh bench/init.sh bench/real-agent.sh; do
+        # The proxy: three rounds interleaved (bench/NOTES.md: how to read them).
+        say "bench/run.sh --repeat 3"
+        bench/run.sh --repeat 3
+        for b in bench/agent.sh bench/init.sh bench/real-agent.sh; do
             say "$b"
             "$b"
         done
