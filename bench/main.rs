@@ -219,7 +219,9 @@ fn run() -> Res<()> {
         uts.push(start_under_test(&b, i, label, bin)?);
     }
     if let Ok(n) = std::env::var("BENCH_PROFILE") {
-        return profile(&b, uts.swap_remove(0), &n, args.conns[0]);
+        let done = profile(&b, uts.swap_remove(0), &n, args.conns[0]);
+        let _ = std::fs::remove_dir_all(&b.dir);
+        return done;
     }
     let scraper = Scraper::start(&uts);
     let nginx = [1usize, 2]
@@ -352,8 +354,8 @@ fn profile(b: &Bench, mut ut: UnderTest, what: &str, conns: usize) -> Res<()> {
         let _ = ut.unix.wait();
         let (child, port) = match std::env::var("BENCH_TARGET").ok().as_deref() {
             Some(w) if w.starts_with("nginx") => {
-                let _ = ut.tcp.kill();
-                let _ = ut.tcp.wait();
+                // Under BENCH_WRAP too: stopped with its wrapper, not left behind by a SIGKILL.
+                stop_gracefully(ut.tcp);
                 let workers = w["nginx".len()..].parse().unwrap_or(1);
                 start_nginx(&b.dir, workers, b.backend.port, &b.pki.ca, true)
                     .ok_or("nginx did not start")?
@@ -390,8 +392,9 @@ fn profile(b: &Bench, mut ut: UnderTest, what: &str, conns: usize) -> Res<()> {
             r.pct(99.0)
         );
     }
-    let _ = ut.tcp.kill();
+    stop_gracefully(ut.tcp);
     let _ = ut.unix.kill();
+    let _ = ut.unix.wait();
     Ok(())
 }
 
