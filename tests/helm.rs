@@ -6,6 +6,8 @@
 //! the chart renders the same pod and RBAC as the Kustomize base (one source of truth).
 
 mod common;
+#[path = "support/kubelet_env.rs"]
+mod kubelet_env;
 #[path = "support/peers.rs"]
 mod peers;
 #[path = "support/prom.rs"]
@@ -506,14 +508,12 @@ fn lint_strict_and_the_package_renders_as_the_directory() {
     );
 }
 
-/// The README's install line, as a user would paste it (placeholders filled in).
-fn readme_install_args(ns: &str) -> Vec<String> {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let start = readme
-        .find("helm install eks-connector ")
-        .expect("the README shows a `helm install eks-connector …` line");
+/// Shell lines of a README block: `\` continuations joined, each split into words as a shell
+/// would (single quotes group), comments and blank lines left out.
+fn shell_lines(block: &str) -> Vec<Vec<String>> {
+    let mut lines = Vec::new();
     let mut line = String::new();
-    for l in readme[start..].lines() {
+    for l in block.lines() {
         let l = l.trim();
         match l.strip_suffix('\\') {
             Some(head) => {
@@ -522,50 +522,79 @@ fn readme_install_args(ns: &str) -> Vec<String> {
             }
             None => {
                 line.push_str(l);
-                break;
+                lines.push(std::mem::take(&mut line));
             }
         }
     }
-    let filled = line
-        .replace("CODE", CODE)
-        .replace("ID", ID)
-        .replace("REGION", REGION)
-        .replace("REGISTRY", "registry.example.com")
-        .replace("ACCOUNT", "111122223333")
-        .replace("NAME", "EKSConsoleViewer");
-    // A shell-like split: single quotes group.
-    let mut args = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for ch in filled.chars() {
-        match ch {
-            '\'' => quoted = !quoted,
-            c if c.is_whitespace() && !quoted => {
-                if !cur.is_empty() {
-                    args.push(std::mem::take(&mut cur));
+    lines
+        .iter()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let mut words = Vec::new();
+            let mut cur = String::new();
+            let mut quoted = false;
+            for ch in l.chars() {
+                match ch {
+                    '\'' => quoted = !quoted,
+                    c if c.is_whitespace() && !quoted => {
+                        if !cur.is_empty() {
+                            words.push(std::mem::take(&mut cur));
+                        }
+                    }
+                    c => cur.push(c),
                 }
             }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        args.push(cur);
-    }
-    assert_eq!(&args[..3], ["helm", "install", "eks-connector"], "{line}");
-    // Into the test's namespace.
+            if !cur.is_empty() {
+                words.push(cur);
+            }
+            words
+        })
+        .collect()
+}
+
+/// A README `helm install eks-connector …` line as `helm template` arguments into namespace `ns`,
+/// placeholders filled in.
+fn install_as_template(words: &[String], ns: &str) -> Vec<String> {
+    assert_eq!(
+        &words[..3],
+        ["helm", "install", "eks-connector"],
+        "{words:?}"
+    );
+    let mut args: Vec<String> = words[1..]
+        .iter()
+        .filter(|a| *a != "--create-namespace")
+        .map(|a| {
+            a.replace("CODE", CODE)
+                .replace("ID", ID)
+                .replace("REGION", REGION)
+                .replace("REGISTRY", "registry.example.com")
+                .replace("ACCOUNT", "111122223333")
+                .replace("NAME", "EKSConsoleViewer")
+        })
+        .collect();
+    args[0] = "template".into();
     if let Some(i) = args.iter().position(|a| a == "--namespace") {
         args[i + 1] = ns.to_string();
     }
     args
 }
 
+/// The README's install line, as a user would paste it (placeholders filled in), as `helm
+/// template` arguments.
+fn readme_install_args(ns: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme
+        .find("helm install eks-connector ")
+        .expect("the README shows a `helm install eks-connector …` line");
+    let line = shell_lines(&readme[start..]).remove(0);
+    install_as_template(&line, ns)
+}
+
 #[test]
 fn the_documented_install_line_passes_a_strict_server_side_dry_run() {
     let ns = common::cluster().namespace("helm-install");
     let args = readme_install_args(&ns.name);
-    let mut t: Vec<&str> = args[1..].iter().map(String::as_str).collect();
-    t[0] = "template";
-    t.retain(|a| *a != "--create-namespace");
+    let t: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = helm_ok(&t);
     let objs = to_json(&out);
     let kinds: Vec<&str> = objs.iter().filter_map(|o| o["kind"].as_str()).collect();
@@ -668,6 +697,50 @@ fn wrong_values_get_one_error_naming_the_value() {
             vec![&code, &id, &region, "metrics.scrapers=monitoring"],
             "metrics.scrapers",
         ),
+        (
+            vec![
+                &code,
+                &id,
+                &region,
+                "egress.httpsProxy=http://proxy:3128",
+                "egress.httpsProxySecret=corp-proxy",
+            ],
+            "egress.httpsProxy",
+        ),
+        // Without a scheme (and with credentials, which the error must not show).
+        (
+            vec![
+                &code,
+                &id,
+                &region,
+                "egress.httpsProxy=user:S3cret-pw@proxy:3128",
+            ],
+            "egress.httpsProxy",
+        ),
+        (
+            vec![
+                &code,
+                &id,
+                &region,
+                "egress.httpsProxySecret=corp-proxy",
+                "egress.serviceCIDR=all",
+            ],
+            "egress.serviceCIDR",
+        ),
+        (
+            vec![
+                &code,
+                &id,
+                &region,
+                "egress.caBundle.configMap=a",
+                "egress.caBundle.secret=b",
+            ],
+            "egress.caBundle",
+        ),
+        (
+            vec![&code, &id, &region, "egress.caBundle.pem=not a certificate"],
+            "egress.caBundle.pem",
+        ),
     ];
     for (sets, value) in cases {
         let mut args = Vec::new();
@@ -679,6 +752,7 @@ fn wrong_values_get_one_error_naming_the_value() {
             Err(e) => {
                 let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("Error:")).collect();
                 assert_eq!(errors.len(), 1, "{sets:?}: one error line expected:\n{e}");
+                assert!(!e.contains("S3cret-pw"), "a credential in the error: {e}");
                 assert!(
                     errors[0].contains(value),
                     "{sets:?}: the error does not name {value}: {}",
@@ -860,10 +934,10 @@ fn kustomize_activation(path: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-#[test]
-fn chart_and_kustomize_render_the_same_pod_and_rbac() {
-    // manifests/ as an operator prepares it: the activation file from its example.
-    let prepared = scratch("kustomize");
+/// A copy of manifests/ (in scratch directory `name`) as an operator prepares it: the activation
+/// file from its example.
+fn prepared_manifests(name: &str) -> PathBuf {
+    let prepared = scratch(name);
     let out = Command::new("cp")
         .arg("-r")
         .arg(repo().join("manifests"))
@@ -871,11 +945,17 @@ fn chart_and_kustomize_render_the_same_pod_and_rbac() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let base_dir = prepared.join("manifests");
-    let example = base_dir.join("activation.env.example");
+    let dir = prepared.join("manifests");
+    let example = dir.join("activation.env.example");
     if example.is_file() {
-        std::fs::copy(&example, base_dir.join("activation.env")).unwrap();
+        std::fs::copy(&example, dir.join("activation.env")).unwrap();
     }
+    dir
+}
+
+#[test]
+fn chart_and_kustomize_render_the_same_pod_and_rbac() {
+    let base_dir = prepared_manifests("kustomize");
     let base = to_json(&kubectl_ok(
         &["kustomize", base_dir.to_str().unwrap()],
         None,
@@ -1226,4 +1306,302 @@ fn metrics_on_annotates_renders_a_podmonitor_and_opens_only_the_health_ports_to_
         annotations.get("prometheus.io/scrape").is_none(),
         "{annotations}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Air-gapped install (README "Air-gapped install", step 2'): the chart's egress values set, for
+// init and the SSM agent, what manifests/components/egress-proxy/ (and private-ca) set.
+
+const AIRGAP: &str = "Air-gapped install";
+
+fn container<'a>(sts: &'a Value, name: &str) -> &'a Value {
+    containers(sts)
+        .into_iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+/// The CA bundle a container sees at /etc/eks-connector/ca/ca-bundle.pem, from the volume's
+/// ConfigMap or Secret among `objs`; None without the volume.
+fn mounted_ca_bundle(objs: &[Value], sts: &Value, c: &str) -> Option<String> {
+    let mount = container(sts, c)["volumeMounts"]
+        .as_array()?
+        .iter()
+        .find(|m| m["mountPath"] == "/etc/eks-connector/ca")?
+        .clone();
+    let volume = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == mount["name"])?;
+    let (kind, source, name) = if volume["secret"].is_object() {
+        ("Secret", &volume["secret"], &volume["secret"]["secretName"])
+    } else {
+        (
+            "ConfigMap",
+            &volume["configMap"],
+            &volume["configMap"]["name"],
+        )
+    };
+    let item = source["items"]
+        .as_array()?
+        .iter()
+        .find(|i| i["path"] == "ca-bundle.pem")?;
+    kubelet_env::key(objs, kind, name.as_str()?, item["key"].as_str()?)
+}
+
+/// What steers one container's traffic to AWS: its egress variables (the endpoint init is given
+/// as `--agent.endpoint` counted as AWS_ENDPOINT_URL_SSM, which it equals) and the CA bundle it
+/// sees.
+fn egress_of(objs: &[Value], c: &str, base: &[(String, String)]) -> BTreeMap<String, String> {
+    let sts = one(objs, "StatefulSet");
+    let spec = container(sts, c);
+    let mut m: BTreeMap<String, String> =
+        kubelet_env::egress(kubelet_env::resolve(objs, spec, base))
+            .into_iter()
+            .collect();
+    if let Some(e) = strings(&spec["args"])
+        .iter()
+        .find_map(|a| a.strip_prefix("--agent.endpoint="))
+    {
+        m.insert("AWS_ENDPOINT_URL_SSM".into(), e.to_string());
+    }
+    if let Some(ca) = mounted_ca_bundle(objs, sts, c) {
+        m.insert("ca-bundle.pem (mounted)".into(), ca);
+    }
+    m
+}
+
+/// The SSM agent's configuration file, parsed.
+fn agent_config(objs: &[Value]) -> Value {
+    let cm = objs
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["data"]["amazon-ssm-agent.json"].is_string())
+        .expect("the agent's ConfigMap");
+    serde_json::from_str(cm["data"]["amazon-ssm-agent.json"].as_str().unwrap()).unwrap()
+}
+
+/// The README's Kustomize overlay (step 2) as written, beside a prepared manifests/, with
+/// `ca_bundle` as its ca-bundle.pem: the rendered objects.
+fn readme_overlay(ca_bundle: &[u8]) -> Vec<Value> {
+    let manifests = prepared_manifests("egress-kustomize");
+    let overlay = manifests.parent().unwrap().join("overlays/my-cluster");
+    std::fs::create_dir_all(&overlay).unwrap();
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        common::readme_block(AIRGAP, "# overlays/my-cluster/kustomization.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        overlay.join("amazon-ssm-agent.json"),
+        common::readme_block(AIRGAP, "{\"Profile\""),
+    )
+    .unwrap();
+    std::fs::write(overlay.join("ca-bundle.pem"), ca_bundle).unwrap();
+    to_json(&kubectl_ok(&["kustomize", overlay.to_str().unwrap()], None))
+}
+
+/// README step 2': its commands as written (the test's namespace for eks-connector, the
+/// placeholders filled in): the kubectl lines run against the real API server, the helm line as
+/// `helm template`, whose objects pass a strict server-side dry run. Init and the agent then get
+/// from the chart exactly the egress environment, CA bundle and agent endpoints that the README's
+/// overlay (same values) gives them, and no other container gets any.
+#[test]
+fn the_readme_egress_values_pass_a_strict_dry_run_and_set_what_the_overlay_sets() {
+    let ns = common::cluster().namespace("helm-egress");
+    let dir = scratch("egress-example");
+    // Any PEM certificate stands in for the corporate CA: the test API server's.
+    let ca = std::fs::read(common::cluster().ca_path()).unwrap();
+    std::fs::write(dir.join("ca-bundle.pem"), &ca).unwrap();
+    std::fs::write(
+        dir.join("egress-values.yaml"),
+        common::readme_block(AIRGAP, "# egress-values.yaml"),
+    )
+    .unwrap();
+    let mut objs = None;
+    let mut made = Vec::new();
+    for words in shell_lines(&common::readme_block(AIRGAP, "kubectl create namespace")) {
+        let mut args: Vec<String> = words[1..].to_vec();
+        match words[0].as_str() {
+            // The test's namespace stands in for eks-connector.
+            "kubectl" if args[..2] == ["create", "namespace"] => continue,
+            "kubectl" => {
+                let i = args.iter().position(|a| a == "--namespace").unwrap();
+                args[i + 1] = ns.name.clone();
+                let out = common::cluster()
+                    .kubectl()
+                    .args(&args)
+                    .current_dir(&dir)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{words:?}: {}", text(&out.stderr));
+                // What it made: `create secret generic NAME …`, `create configmap NAME …`.
+                let c = args.iter().position(|a| a == "create").unwrap();
+                let kind = args[c + 1].clone();
+                let name = args[c + if kind == "secret" { 3 } else { 2 }].clone();
+                made.push((kind, name));
+            }
+            "helm" => {
+                let t = install_as_template(&words, &ns.name);
+                let t: Vec<String> = t
+                    .into_iter()
+                    .map(|a| {
+                        if a == "egress-values.yaml" {
+                            dir.join(&a).display().to_string()
+                        } else {
+                            a
+                        }
+                    })
+                    .collect();
+                let t: Vec<&str> = t.iter().map(String::as_str).collect();
+                objs = Some(to_json(&helm_ok(&t)));
+            }
+            other => panic!("unexpected command {other} in the README's Helm example"),
+        }
+    }
+    let objs = objs.expect("the README's Helm example has a helm install line");
+    server_dry_run(&objs);
+    assert_eq!(
+        made.len(),
+        2,
+        "a Secret and a ConfigMap made first: {made:?}"
+    );
+    // The chart's objects and those the kubectl lines made, as a pod would see them.
+    let mut seen = objs.clone();
+    for (kind, name) in &made {
+        seen.push(
+            serde_json::from_str(&kubectl_ok(
+                &["get", kind, name, "--namespace", &ns.name, "-o", "json"],
+                None,
+            ))
+            .unwrap(),
+        );
+    }
+    let overlay = readme_overlay(&ca);
+    let base = ns.kube_env();
+    for c in ["connector-init", "connector-agent"] {
+        let (chart, kustomize) = (egress_of(&seen, c, &base), egress_of(&overlay, c, &base));
+        assert_eq!(
+            chart, kustomize,
+            "{c}: chart (left) vs the README's overlay (right)"
+        );
+        for k in [
+            "HTTPS_PROXY",
+            "NO_PROXY",
+            "AWS_CA_BUNDLE",
+            "ca-bundle.pem (mounted)",
+        ] {
+            assert!(chart.contains_key(k), "{c} has no {k}: {chart:?}");
+        }
+        assert_eq!(
+            chart["ca-bundle.pem (mounted)"].as_bytes(),
+            ca,
+            "{c}: the bundle mounted is not ca-bundle.pem"
+        );
+        let api = &base[0].1;
+        assert!(
+            chart["NO_PROXY"].starts_with(&format!("{api},10.96.0.0/12,")),
+            "{c}: the API server and the service range lead NO_PROXY: {}",
+            chart["NO_PROXY"]
+        );
+    }
+    assert_eq!(agent_config(&objs), agent_config(&overlay));
+    for c in containers(one(&objs, "StatefulSet")) {
+        let name = c["name"].as_str().unwrap();
+        if !["connector-init", "connector-agent"].contains(&name) {
+            assert!(
+                egress_of(&seen, name, &base).is_empty(),
+                "{name} gets egress settings"
+            );
+        }
+    }
+    for c in containers(one(&objs, "StatefulSet")) {
+        if c["name"] == "connector-agent" {
+            assert_eq!(
+                c["image"],
+                "registry.corp.example:5000/amazon-ssm-agent:3.2.2303.0"
+            );
+        } else {
+            assert_eq!(c["image"], "registry.corp.example:5000/eks-connector:0.1.0");
+        }
+    }
+}
+
+/// The other forms of the same values: the proxy URL in values (the chart keeps it in a Secret,
+/// nowhere else), the bundle as PEM text (a ConfigMap of the chart's) or from a Secret, a CA
+/// without a proxy; each passes a strict server-side dry run and gives init and the agent what
+/// the overlay's form would.
+#[test]
+fn each_form_of_the_egress_values_renders_and_passes_a_strict_dry_run() {
+    let ns = common::cluster().namespace("helm-egress-forms");
+    let ca_file = common::cluster().ca_path();
+    let ca = std::fs::read_to_string(&ca_file).unwrap();
+    let proxy = "http://proxy-user:Pr0xy-S3cret@proxy.corp.example:3128";
+    let base = ns.kube_env();
+    let pem = format!("egress.caBundle.pem={}", ca_file.display());
+    let render_with = |sets: &[&str], files: &[&str]| {
+        let mut args = activation();
+        for s in sets {
+            args.extend(["--set".to_string(), s.to_string()]);
+        }
+        for f in files {
+            args.extend(["--set-file".to_string(), f.to_string()]);
+        }
+        let objs = render_ok(&chart(), &ns.name, &args);
+        server_dry_run(&objs);
+        objs
+    };
+    // Proxy in values, bundle as text.
+    let objs = render_with(&[&format!("egress.httpsProxy={proxy}")], &[&pem]);
+    for c in ["connector-init", "connector-agent"] {
+        let e = egress_of(&objs, c, &base);
+        assert_eq!(e["HTTPS_PROXY"], proxy, "{c}");
+        assert_eq!(e["ca-bundle.pem (mounted)"], ca, "{c}");
+        assert!(
+            e["NO_PROXY"].ends_with(",.svc,.cluster.local,"),
+            "{c}: {e:?}"
+        );
+    }
+    let agent = egress_of(&objs, "connector-agent", &base);
+    for k in ["https_proxy", "no_proxy", "SSL_CERT_FILE"] {
+        assert!(agent.contains_key(k), "agent has {k}: {agent:?}");
+    }
+    for o in &objs {
+        if o["kind"] != "Secret" {
+            assert!(!o.to_string().contains("Pr0xy-S3cret"), "{o}");
+        }
+    }
+    // The bundle from a Secret, no proxy: only the CA.
+    let objs = render_with(
+        &[
+            "egress.caBundle.secret=corp-ca",
+            "egress.caBundle.key=ca.crt",
+        ],
+        &[],
+    );
+    let sts = one(&objs, "StatefulSet");
+    let volume = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "egress-ca")
+        .expect("the CA volume");
+    assert_eq!(
+        volume["secret"],
+        json!({"secretName": "corp-ca", "items": [{"key": "ca.crt", "path": "ca-bundle.pem"}]})
+    );
+    for c in ["connector-init", "connector-agent"] {
+        let e = egress_of(&objs, c, &base);
+        assert_eq!(
+            e.get("AWS_CA_BUNDLE").map(String::as_str),
+            Some("/etc/eks-connector/ca/ca-bundle.pem"),
+            "{c}"
+        );
+        assert!(!e.contains_key("HTTPS_PROXY"), "{c}: {e:?}");
+    }
+    // Defaults: nothing of the kind.
+    let objs = render_with(&[], &[]);
+    for c in containers(one(&objs, "StatefulSet")) {
+        let name = c["name"].as_str().unwrap();
+        assert!(egress_of(&objs, name, &base).is_empty(), "{name}");
+    }
 }

@@ -54,6 +54,25 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The body of the fenced block in README.md's section `## <section>` that starts with
+/// `first_line` (so the README's commands are the ones the tests run).
+pub fn readme_block(section: &str, first_line: &str) -> String {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let body = readme
+        .split(&format!("\n## {section}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("README.md has no \"{section}\" section"));
+    let body = body.split("\n## ").next().unwrap_or_default();
+    body.split("```")
+        .skip(1)
+        .step_by(2)
+        .find_map(|b| {
+            let b = b.split_once('\n')?.1;
+            b.starts_with(first_line).then(|| b.to_string())
+        })
+        .unwrap_or_else(|| panic!("README's {section:?} has no block starting {first_line:?}"))
+}
+
 /// Removes data directories left by earlier test processes that are gone.
 fn sweep_stale_dirs(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {

@@ -14,6 +14,16 @@ ssmAgent:
   ssmEndpoint: ""
   mgsEndpoint: ""
   extraConfig: {}
+egress:
+  httpsProxy: ""
+  httpsProxySecret: ""
+  serviceCIDR: 10.96.0.0/12
+  noProxy: ""
+  caBundle:
+    pem: ""
+    configMap: ""
+    secret: ""
+    key: ca-bundle.pem
 proxy:
   readOnly: true
   maxConnections:

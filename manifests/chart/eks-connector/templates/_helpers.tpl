@@ -29,6 +29,61 @@ app: {{ include "eks-connector.fullname" . }}
 {{- .Values.eks.existingSecret | default (printf "%s-activation" (include "eks-connector.fullname" .)) -}}
 {{- end -}}
 
+{{/*
+Egress for init and the SSM agent (values egress.*), as manifests/components/egress-proxy/ and its
+private-ca component set it: the Secret holding HTTPS_PROXY ("" without a proxy), the CA bundle's
+volume source ("" without one), and the env entries of one container (agent: the SSM agent,
+which also reads the lower-case proxy names and, for Go's own TLS, SSL_CERT_FILE).
+*/}}
+{{- define "eks-connector.egressProxySecret" -}}
+{{- $e := .Values.egress -}}
+{{- if $e.httpsProxySecret -}}
+{{- $e.httpsProxySecret -}}
+{{- else if $e.httpsProxy -}}
+{{- printf "%s-egress-proxy" (include "eks-connector.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "eks-connector.caBundleSource" -}}
+{{- $ca := .Values.egress.caBundle -}}
+{{- $items := list (dict "key" (ternary "ca-bundle.pem" $ca.key (not (empty $ca.pem))) "path" "ca-bundle.pem") -}}
+{{- if $ca.pem -}}
+{{- dict "configMap" (dict "name" (printf "%s-ca-bundle" (include "eks-connector.fullname" .)) "items" $items) | toYaml -}}
+{{- else if $ca.configMap -}}
+{{- dict "configMap" (dict "name" $ca.configMap "items" $items) | toYaml -}}
+{{- else if $ca.secret -}}
+{{- dict "secret" (dict "secretName" $ca.secret "items" $items) | toYaml -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "eks-connector.egressEnv" -}}
+{{- $root := .ctx -}}
+{{- $e := $root.Values.egress -}}
+{{- $secret := include "eks-connector.egressProxySecret" $root -}}
+{{- $names := ternary (list "HTTPS_PROXY" "https_proxy") (list "HTTPS_PROXY") .agent -}}
+{{- if $secret }}
+{{- range $names }}
+- name: {{ . }}
+  valueFrom:
+    secretKeyRef: {name: {{ $secret }}, key: HTTPS_PROXY}
+{{- end }}
+- name: NO_PROXY
+  value: {{ printf "$(KUBERNETES_SERVICE_HOST),%s,localhost,127.0.0.1,::1,.svc,.cluster.local,%s" $e.serviceCIDR $e.noProxy | quote }}
+{{- if .agent }}
+- name: no_proxy
+  value: "$(NO_PROXY)"
+{{- end }}
+{{- end }}
+{{- if include "eks-connector.caBundleSource" $root }}
+- name: AWS_CA_BUNDLE
+  value: /etc/eks-connector/ca/ca-bundle.pem
+{{- if .agent }}
+- name: SSL_CERT_FILE
+  value: /etc/eks-connector/ca/ca-bundle.pem
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{- define "eks-connector.image" -}}
 {{- printf "%s:%s" .repository (toString .tag) -}}
 {{- end -}}
@@ -62,6 +117,23 @@ that depends on them, so `helm template -s` of any one file checks too.
 {{- end -}}
 {{- if or (lt (float64 $replicas) 1.0) (ne (float64 (int64 $replicas)) (float64 $replicas)) -}}
 {{- fail (printf "replicaCount must be a whole number of at least 1, got %v" $replicas) -}}
+{{- end -}}
+{{- $e := .Values.egress | default dict -}}
+{{- if and $e.httpsProxy $e.httpsProxySecret -}}
+{{- fail "egress.httpsProxy and egress.httpsProxySecret are both set: set one (the Secret keeps credentials out of Helm's values)" -}}
+{{- end -}}
+{{- if and $e.httpsProxy (not (regexMatch "^https?://[^/[:space:]]+/?$" (toString $e.httpsProxy))) -}}
+{{- fail "egress.httpsProxy must be the proxy's URL, http://[user:password@]host:port (value not shown: it may hold credentials)" -}}
+{{- end -}}
+{{- if and (or $e.httpsProxy $e.httpsProxySecret) (not (regexMatch "^[0-9a-fA-F.:]+/[0-9]+(,[0-9a-fA-F.:]+/[0-9]+)*$" (toString $e.serviceCIDR))) -}}
+{{- fail (printf "egress.serviceCIDR %q is not the cluster's service range (a CIDR such as 10.96.0.0/12; the API server's --service-cluster-ip-range)" (toString $e.serviceCIDR)) -}}
+{{- end -}}
+{{- $ca := $e.caBundle | default dict -}}
+{{- if gt (len (compact (list $ca.pem $ca.configMap $ca.secret))) 1 -}}
+{{- fail "egress.caBundle: set only one of pem, configMap, secret" -}}
+{{- end -}}
+{{- if and $ca.pem (not (contains "-----BEGIN CERTIFICATE-----" (toString $ca.pem))) -}}
+{{- fail "egress.caBundle.pem holds no PEM certificate (-----BEGIN CERTIFICATE-----); --set-file egress.caBundle.pem=ca-bundle.pem" -}}
 {{- end -}}
 {{- $auth := .Values.authentication | default dict -}}
 {{- if and $auth.allowedUserARNs (not (kindIs "slice" $auth.allowedUserARNs)) -}}
