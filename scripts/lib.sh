@@ -72,7 +72,11 @@ PREREQS_RELEASE="$(prereqs_for_arch "$HOST_ARCH") $(prereqs_for_arch "$CROSS_ARC
 PREREQS_KUBE="go openssl curl setpriv flock python3"
 PREREQS_IMAGE="$PREREQS_RELEASE python3 buildah"
 PREREQS_DEMO="rust $PREREQS_KUBE control-plane"
-PREREQS_TEST="rust rustfmt+clippy $PREREQS_RELEASE $PREREQS_KUBE tar buildah control-plane control-plane-oldest helm promtool peer-ssm-agent peer-eks-connector"
+# The air-gapped install (scripts/mirror.sh, tests/airgap.rs): the mirror step, a registry, the
+# corporate proxies.
+PREREQS_MIRROR="skopeo"
+PREREQS_AIRGAP="$PREREQS_MIRROR docker-registry tinyproxy squid-ssl-bump"
+PREREQS_TEST="rust rustfmt+clippy $PREREQS_RELEASE $PREREQS_KUBE tar buildah control-plane control-plane-oldest helm promtool peer-ssm-agent peer-eks-connector $PREREQS_AIRGAP"
 
 # ---------------------------------------------------------------------------------------------
 # Each prerequisite: how it is checked (P_HOW); what the scripts do when it is missing: install
@@ -109,6 +113,13 @@ prereq_info() {
         flock) P_HOW="flock FILE true runs"; P_APT="util-linux" ;;
         tar) P_HOW="tar -c and -x round-trip a file"; P_APT="tar" ;;
         python3) P_HOW="python3 imports socket, gzip and json"; P_APT="python3" ;;
+        skopeo) P_HOW="skopeo copies a small OCI image between two layouts and reads back the same manifest"
+            P_APT="skopeo" ;;
+        docker-registry) P_HOW="docker-registry (the CNCF distribution registry) serves /v2/ on loopback"
+            P_APT="docker-registry" ;;
+        tinyproxy) P_HOW="tinyproxy -v names its version"; P_APT="tinyproxy" ;;
+        squid-ssl-bump) P_HOW="squid is built with OpenSSL (ssl_bump) and its security_file_certgen makes a certificate store"
+            P_APT="squid-openssl" ;;
         control-plane) P_HOW="kube-apiserver, kubectl and etcd are cached in $KUBE_CACHE (tests/kube-env/build-bins.sh)"
             P_RUN="build_control_plane"; P_FIX="./build.sh demo or ./build.sh test builds it" ;;
         control-plane-oldest) P_HOW="the oldest Kubernetes tested (v1.29: kube-apiserver, kubectl) is cached (tests/kube-env/build-older.sh v1.29)"
@@ -182,6 +193,12 @@ prereq_probe() {
         flock) flock "$d/lock" true ;;
         tar) echo x >"$d/tar.in" && tar -cf "$d/t.tar" -C "$d" tar.in && tar -xOf "$d/t.tar" tar.in | grep -qx x ;;
         python3) python3 -c 'import socket, gzip, json' ;;
+        skopeo) probe_skopeo ;;
+        docker-registry) probe_registry ;;
+        tinyproxy) tinyproxy -v ;;
+        squid-ssl-bump)
+            squid -v | grep -q -- --with-openssl || { squid -v; echo "this squid has no OpenSSL (ssl_bump): Debian's squid-openssl has"; return 1; }
+            rm -rf "$d/ssl_db" && /usr/lib/squid/security_file_certgen -c -s "$d/ssl_db" -M 4MB ;;
         control-plane) cached_only "$ROOT/tests/kube-env/build-bins.sh" ;;
         control-plane-oldest) cached_only "$ROOT/tests/kube-env/build-older.sh" v1.29 ;;
         helm) cached_only "$ROOT/tests/helm/build-helm.sh" ;;
@@ -205,6 +222,51 @@ probe_buildah() {
     [ "$out" = "hello 42" ] || { echo "buildah run printed: $out"; status=1; }
     buildah --storage-driver vfs rm "$ctr" >/dev/null 2>&1
     buildah --storage-driver vfs rmi "$ref" >/dev/null 2>&1
+    return "$status"
+}
+
+# A small OCI image (a config, no layers) copied layout to layout; the copy's manifest is the
+# original's, byte for byte.
+probe_skopeo() {
+    skopeo --version || return 1
+    local d="$PROBE_DIR/skopeo" config manifest digest
+    rm -rf "$d" && mkdir -p "$d/src/blobs/sha256"
+    blob() { # TEXT: stores it, prints its descriptor's digest and size
+        digest="$(printf '%s' "$1" | sha256sum | cut -d' ' -f1)"
+        printf '%s' "$1" >"$d/src/blobs/sha256/$digest"
+        printf '"digest":"sha256:%s","size":%d' "$digest" "${#1}"
+    }
+    config="$(blob '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}')"
+    manifest='{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json",'"$config"'},"layers":[]}'
+    printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json",%s,"annotations":{"org.opencontainers.image.ref.name":"probe"}}]}' \
+        "$(blob "$manifest")" >"$d/src/index.json"
+    printf '{"imageLayoutVersion":"1.0.0"}' >"$d/src/oci-layout"
+    skopeo copy --quiet "oci:$d/src:probe" "oci:$d/dst:probe" 2>&1 || return 1
+    [ "$(skopeo inspect --raw "oci:$d/dst:probe" 2>&1)" = "$manifest" ] || { echo "the copy's manifest differs"; return 1; }
+}
+
+# The registry on a free loopback port, asked for /v2/, stopped.
+probe_registry() {
+    command -v docker-registry >/dev/null || { echo "docker-registry: command not found"; return 1; }
+    local d="$PROBE_DIR/registry" pid addr="" i status=0
+    rm -rf "$d" && mkdir -p "$d/data"
+    printf 'version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:0\n' \
+        "$d/data" >"$d/config.yml"
+    docker-registry serve "$d/config.yml" >"$d/log" 2>&1 &
+    pid=$!
+    for i in $(seq 50); do
+        addr="$(sed -n 's/.*listening on \(127\.0\.0\.1:[0-9]*\).*/\1/p' "$d/log" | head -1)"
+        [ -z "$addr" ] || break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ -z "$addr" ]; then
+        tail -n 3 "$d/log"; echo "docker-registry did not say where it listens"; status=1
+    elif ! curl -fsS "http://$addr/v2/" 2>&1; then
+        echo "docker-registry does not answer /v2/ on $addr"; status=1
+    fi
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
     return "$status"
 }
 

@@ -6,8 +6,9 @@
 #   scripts/mirror.sh REGISTRY[/PATH]              # e.g. registry.corp.example:5000/eks
 #   scripts/mirror.sh REGISTRY --insecure          # plain-HTTP registry (or one with no trusted TLS)
 #   scripts/mirror.sh REGISTRY --skip-agent        # only ours (the SSM agent's from elsewhere)
-#   scripts/mirror.sh REGISTRY --agent-source REF  # the agent image from a skopeo REF (default:
-#                                                  # docker://<the image manifests/base names>)
+#   scripts/mirror.sh REGISTRY --agent-source REF  # the agent image from a skopeo REF, e.g.
+#                                                  # oci-archive:amazon-ssm-agent.oci.tar (default:
+#                                                  # docker://<the image manifests/kustomization.yaml names>)
 #
 # Ours comes from ./build.sh image's archive, dist/eks-connector-<version>.oci.tar, and keeps its
 # digests (--preserve-digests): the digest printed is the manifest list's in the archive. A
@@ -36,16 +37,22 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$registry" ] || die "usage: scripts/mirror.sh REGISTRY[/PATH] [--insecure] [--skip-agent] [--agent-source REF]"
 
-command -v skopeo >/dev/null 2>&1 || apt_install skopeo
+need_prereqs "$PREREQS_MIRROR"
 
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 archive="dist/eks-connector-$version.oci.tar"
 [ -f "$archive" ] || die "$archive is missing: run ./build.sh image first"
-# The one place the agent image is named; the entry printed below maps that name.
-agent_image="$(sed -n 's/^ *image: *\([^ ]*amazon-ssm-agent[^ ]*\) *$/\1/p' manifests/base/statefulset.yaml | head -1)"
-[ -n "$agent_image" ] || die "cannot find the SSM agent image in manifests/base/statefulset.yaml"
-agent_name="${agent_image%:*}"
-agent_tag="${agent_image##*:}"
+# The one place both images are named: the `images:` of manifests/kustomization.yaml. The agent's
+# entry: its name (as manifests/base writes it), where it is pulled from now, and its tag.
+read -r agent_name agent_from agent_tag < <(awk '
+    /^images:/ { on = 1; next }
+    on && /^[^ #]/ { on = 0 }
+    on && /- name:/ { if (name ~ /amazon-ssm-agent/) exit; name = $NF; from = $NF; tag = "" }
+    on && /newName:/ { from = $NF }
+    on && /newTag:/ { tag = $NF; gsub(/"/, "", tag) }
+    END { if (name ~ /amazon-ssm-agent/) print name, from, tag }' manifests/kustomization.yaml) || true
+[ -n "${agent_tag:-}" ] || die "no SSM agent image with a newTag in the images: of manifests/kustomization.yaml"
+agent_image="$agent_from:$agent_tag"
 
 dest_tls=()
 [ "$insecure" = 0 ] || dest_tls=(--dest-tls-verify=false)
