@@ -1,34 +1,38 @@
 //! Air-gapped install (README "Air-gapped install"), with real parts: an air gap made by a
 //! network namespace that holds the SSM stand-in on its own loopback, so that only a proxy living
 //! in that namespace can reach it (and only that proxy resolves `ssm.example.test`); Debian's
-//! tinyproxy as the corporate proxy; a TLS-intercepting proxy of our own (rustls) re-signing with
-//! its CA; Debian's docker-registry for the mirror; the real kube-apiserver for the dry run and the
-//! state Secret. init runs on the host, as the rendered component configures it.
+//! tinyproxy as the corporate proxy; Debian's squid (squid-openssl, ssl_bump) as a TLS-intercepting
+//! one re-signing with its own CA; Debian's docker-registry (the CNCF distribution registry) for
+//! the mirror step; the real kube-apiserver for the dry run and the state Secret; AWS's SSM agent
+//! (built from its source) under our launcher. init runs on the host, as the rendered component
+//! configures it.
 //!
-//! Needs root (network namespaces, veth, mount namespaces), tinyproxy, skopeo and docker-registry
-//! (installed with apt-get when missing; a test that cannot get one fails saying which).
+//! Needs root (network namespaces, veth, mount namespaces); tinyproxy, squid-openssl, skopeo and
+//! docker-registry are had as `./build.sh test` has them (scripts/lib.sh: checked by what each
+//! provides, installed with apt as root); a test that cannot get one fails saying which.
 
 mod common;
+#[path = "support/kubelet_env.rs"]
+mod kubelet_env;
 #[path = "support/peers.rs"]
 mod peers;
 #[path = "support/pod.rs"]
 mod pod;
+#[path = "support/prereqs.rs"]
+mod prereqs;
 #[path = "support/ssm_stub.rs"]
 mod ssm_stub;
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use base64::Engine;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 use ssm_stub::{pki, Stub};
 
@@ -75,45 +79,6 @@ fn run(cmd: &mut Command) -> Output {
         text(&out.stderr)
     );
     out
-}
-
-/// A Debian tool the test needs: installed with apt-get when missing; fails saying what when it
-/// cannot be had.
-fn need_tool(command: &str, package: &str) {
-    static APT: Mutex<()> = Mutex::new(());
-    let have = || {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {command}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if have() {
-        return;
-    }
-    let _guard = APT.lock().unwrap_or_else(|e| e.into_inner());
-    if have() {
-        return;
-    }
-    let out = Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "-qq",
-            "-o",
-            "DPkg::Lock::Timeout=300",
-            package,
-        ])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .output();
-    let detail = match &out {
-        Ok(o) => text(&o.stderr),
-        Err(e) => e.to_string(),
-    };
-    assert!(
-        have(),
-        "this test needs `{command}` (Debian package {package}) and `apt-get install {package}` \
-         did not provide it: {detail}"
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -185,6 +150,16 @@ impl AirGap {
         c
     }
 
+    /// `program args…` started inside the namespace, its output discarded.
+    fn spawn(&self, program: &str, args: &[&std::ffi::OsStr]) -> Child {
+        self.exec(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
+    }
+
     /// The SSM stand-in on the namespace's loopback, with its certificate for `SSM_HOST`.
     fn ssm(&self) -> Stub {
         self.inside(|| Stub::start(ACT_ID, ACT_CODE))
@@ -244,7 +219,7 @@ struct Tinyproxy {
 impl Tinyproxy {
     /// `extra`: more configuration lines (BasicAuth, ConnectPort).
     fn start(gap: &AirGap, extra: &str) -> Tinyproxy {
-        need_tool("tinyproxy", "tinyproxy");
+        prereqs::need(&["tinyproxy"]);
         let dir = temp_dir("tinyproxy");
         let log = dir.join("tinyproxy.log");
         std::fs::write(&log, "").unwrap();
@@ -258,15 +233,10 @@ impl Tinyproxy {
             ),
         )
         .unwrap();
-        let child = gap
-            .exec("tinyproxy")
-            .arg("-d")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tinyproxy");
+        let child = gap.spawn(
+            "tinyproxy",
+            &["-d".as_ref(), "-c".as_ref(), conf.as_os_str()],
+        );
         let authority = format!("{}:3128", gap.addr);
         let p = Tinyproxy {
             child,
@@ -305,251 +275,148 @@ impl Drop for Tinyproxy {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A TLS-intercepting proxy: answers CONNECT, terminates TLS with a certificate for the asked
-// host signed by its own CA (as corporate proxies do), and opens its own TLS connection to the
-// SSM stand-in, trusting the stand-in's CA.
+// A TLS-intercepting corporate proxy: Debian's squid (squid-openssl) with ssl_bump, inside the
+// air gap. It answers CONNECT, peeks at the client's SNI, terminates TLS with a certificate for
+// that name that it makes and signs with its own CA (security_file_certgen), and opens its own
+// TLS connection to the SSM stand-in, trusting the stand-in's CA; its access log shows each
+// request it saw in the clear.
 
-struct InterceptCa {
-    ca: PathBuf,
-    server: Arc<rustls::ServerConfig>,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    run(Command::new("openssl").args(args).current_dir(dir));
-}
-
-fn intercept_ca() -> &'static InterceptCa {
-    static CA: OnceLock<InterceptCa> = OnceLock::new();
+/// The squid's signing CA, made once per test process: (certificate, key).
+fn bump_ca() -> &'static (PathBuf, PathBuf) {
+    static CA: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     CA.get_or_init(|| {
-        let dir = temp_dir("intercept-ca");
-        std::fs::write(
-            dir.join("ext.cnf"),
-            format!(
-                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n\
-                 subjectAltName=DNS:{SSM_HOST}\n"
-            ),
-        )
-        .unwrap();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        let mut ca = vec!["req", "-x509"];
-        ca.extend(ec);
-        ca.extend([
-            "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj",
-            "/CN=Corp TLS inspection CA", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign",
-        ]);
-        openssl(&dir, &ca);
-        let mut leaf = vec!["req"];
-        leaf.extend(ec);
-        leaf.extend(["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=ssm"]);
-        openssl(&dir, &leaf);
-        openssl(
-            &dir,
-            &[
-                "x509", "-req", "-in", "leaf.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", "leaf.crt", "-days", "2", "-extfile", "ext.cnf",
-            ],
-        );
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(dir.join("leaf.crt"))
-                .unwrap()
-                .map(|c| c.unwrap())
-                .collect();
-        let key = PrivateKeyDer::from_pem_file(dir.join("leaf.key")).unwrap();
-        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        InterceptCa {
-            ca: dir.join("ca.crt"),
-            server: Arc::new(server),
-        }
+        let dir = temp_dir("bump-ca");
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=Corp TLS inspection CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ])
+            .current_dir(&dir));
+        (dir.join("ca.crt"), dir.join("ca.key"))
     })
 }
 
-fn upstream_tls() -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(&pki().ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
-}
-
-struct Interceptor {
+struct Squid {
+    child: Child,
+    dir: PathBuf,
+    /// `http://<addr>:3128`.
     url: String,
-    /// CONNECT targets, and what happened to each.
-    events: Arc<Mutex<Vec<String>>>,
 }
 
-impl Interceptor {
-    /// Listens on the air gap's address; tunnels go to the stand-in on the namespace's loopback.
-    fn start(gap: &AirGap, stub_port: u16) -> Interceptor {
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let ev = events.clone();
-        let addr = gap.addr.clone();
-        let port = gap.inside(move || {
-            let listener = TcpListener::bind((addr.as_str(), 0)).unwrap();
-            let port = listener.local_addr().unwrap().port();
-            std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    let Ok(client) = conn else { continue };
-                    let ev = ev.clone();
-                    std::thread::spawn(move || {
-                        let r = intercept(client, stub_port, &ev);
-                        if let Err(e) = r {
-                            ev.lock().unwrap().push(format!("error: {e}"));
-                        }
-                    });
-                }
-            });
-            port
+impl Squid {
+    fn start(gap: &AirGap) -> Squid {
+        prereqs::need(&["squid-ssl-bump"]);
+        let dir = temp_dir("squid");
+        let (ca, ca_key) = bump_ca();
+        // squid drops to user proxy: it reads these and writes its logs and certificate store.
+        std::fs::copy(ca, dir.join("bump.crt")).unwrap();
+        std::fs::copy(ca_key, dir.join("bump.key")).unwrap();
+        std::fs::copy(&pki().ca, dir.join("upstream-ca.pem")).unwrap();
+        std::fs::write(dir.join("hosts"), format!("127.0.0.1 {SSM_HOST}\n")).unwrap();
+        run(Command::new("/usr/lib/squid/security_file_certgen")
+            .args(["-c", "-s"])
+            .arg(dir.join("ssl_db"))
+            .args(["-M", "4MB"]));
+        let d = dir.display();
+        std::fs::write(
+            dir.join("squid.conf"),
+            format!(
+                "http_port {addr}:3128 ssl-bump generate-host-certificates=on \
+                 dynamic_cert_mem_cache_size=4MB tls-cert={d}/bump.crt tls-key={d}/bump.key\n\
+                 sslcrtd_program /usr/lib/squid/security_file_certgen -s {d}/ssl_db -M 4MB\n\
+                 sslcrtd_children 3 startup=1 idle=1\n\
+                 acl step1 at_step SslBump1\n\
+                 ssl_bump peek step1\n\
+                 ssl_bump bump all\n\
+                 tls_outgoing_options cafile={d}/upstream-ca.pem\n\
+                 hosts_file {d}/hosts\n\
+                 dns_nameservers 127.0.0.1\n\
+                 http_access allow all\n\
+                 cache deny all\n\
+                 access_log stdio:{d}/access.log\n\
+                 cache_log {d}/cache.log\n\
+                 pid_filename {d}/squid.pid\n\
+                 coredump_dir {d}\n\
+                 cache_effective_user proxy\n\
+                 pinger_enable off\n\
+                 visible_hostname airgap-squid\n\
+                 shutdown_lifetime 1 seconds\n",
+                addr = gap.addr
+            ),
+        )
+        .unwrap();
+        run(Command::new("chown").args(["-R", "proxy:proxy"]).arg(&dir));
+        let conf = dir.join("squid.conf");
+        let child = gap.spawn("squid", &["-N".as_ref(), "-f".as_ref(), conf.as_os_str()]);
+        let authority = format!("{}:3128", gap.addr);
+        let s = Squid {
+            child,
+            dir,
+            url: format!("http://{authority}"),
+        };
+        wait_port(&authority);
+        s
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+
+    /// (method, URL) of each request in the access log: `CONNECT host:port` for a tunnel, then
+    /// `POST https://host:port/…` for each request it read inside the TLS it intercepted. (A
+    /// connection that sent nothing, as the test's port probe, is logged with method `-`.)
+    fn requests(&self) -> Vec<(String, String)> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((f.get(5)?.to_string(), f.get(6)?.to_string()))
+            })
+            .filter(|(m, _)| m != "-")
+            .collect()
+    }
+
+    /// The requests it read in the clear (inside intercepted TLS), by URL.
+    fn intercepted(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|(m, _)| m != "CONNECT")
+            .map(|(_, u)| u)
+            .collect()
+    }
+}
+
+impl Drop for Squid {
+    fn drop(&mut self) {
+        // SIGTERM: squid stops its certificate helpers and exits after shutdown_lifetime.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let stopped = common::wait_for(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten()
         });
-        Interceptor {
-            url: format!("http://{}:{port}", gap.addr),
-            events,
+        if stopped.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
-
-    fn events(&self) -> Vec<String> {
-        self.events.lock().unwrap().clone()
-    }
-}
-
-fn intercept(
-    mut client: TcpStream,
-    stub_port: u16,
-    events: &Mutex<Vec<String>>,
-) -> std::io::Result<()> {
-    client.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if client.read(&mut byte)? == 0 {
-            return Ok(());
-        }
-        head.push(byte[0]);
-    }
-    let head = text(&head);
-    let target = match head.split_whitespace().collect::<Vec<_>>()[..] {
-        ["CONNECT", t, ..] => t.to_string(),
-        _ => {
-            client.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")?;
-            return Ok(());
-        }
-    };
-    events.lock().unwrap().push(format!("CONNECT {target}"));
-    let host = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h);
-    client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
-    let mut down = rustls::Connection::Server(
-        rustls::ServerConnection::new(intercept_ca().server.clone()).map_err(other)?,
-    );
-    while down.is_handshaking() {
-        if let Err(e) = down.complete_io(&mut client) {
-            events
-                .lock()
-                .unwrap()
-                .push(format!("client refused the interception certificate: {e}"));
-            return Ok(());
-        }
-    }
-    events
-        .lock()
-        .unwrap()
-        .push(format!("intercepted TLS for {host}"));
-    let mut upstream = TcpStream::connect(("127.0.0.1", stub_port))?;
-    let name = ServerName::try_from(host.to_string()).map_err(other)?;
-    let mut up = rustls::Connection::Client(
-        rustls::ClientConnection::new(upstream_tls(), name).map_err(other)?,
-    );
-    while up.is_handshaking() {
-        up.complete_io(&mut upstream)?;
-    }
-    relay(&mut client, &mut down, &mut upstream, &mut up)
-}
-
-fn other<E: std::fmt::Display>(e: E) -> std::io::Error {
-    std::io::Error::other(e.to_string())
-}
-
-/// Plaintext both ways between two TLS connections until either side closes.
-fn relay(
-    a_sock: &mut TcpStream,
-    a: &mut rustls::Connection,
-    b_sock: &mut TcpStream,
-    b: &mut rustls::Connection,
-) -> std::io::Result<()> {
-    // One direction: TLS records from `from_sock`, plaintext into `to`. False at end of stream.
-    fn pump(
-        from_sock: &mut TcpStream,
-        from: &mut rustls::Connection,
-        to_sock: &mut TcpStream,
-        to: &mut rustls::Connection,
-    ) -> std::io::Result<bool> {
-        if from.read_tls(from_sock)? == 0 {
-            return Ok(false);
-        }
-        from.process_new_packets().map_err(other)?;
-        let mut buf = [0u8; 16 << 10];
-        let mut open = true;
-        loop {
-            match from.reader().read(&mut buf) {
-                Ok(0) => {
-                    open = false;
-                    break;
-                }
-                Ok(n) => to.writer().write_all(&buf[..n])?,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        while to.wants_write() {
-            to.write_tls(to_sock)?;
-        }
-        while from.wants_write() {
-            from.write_tls(from_sock)?;
-        }
-        Ok(open)
-    }
-    loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: a_sock.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: b_sock.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: two valid pollfds on the stack.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 30_000) };
-        if n <= 0 {
-            return Ok(());
-        }
-        if fds[0].revents != 0 && !pump(a_sock, a, b_sock, b)? {
-            break;
-        }
-        if fds[1].revents != 0 && !pump(b_sock, b, a_sock, a)? {
-            break;
-        }
-    }
-    let _ = a_sock.shutdown(Shutdown::Both);
-    let _ = b_sock.shutdown(Shutdown::Both);
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -557,21 +424,7 @@ fn relay(
 
 /// The fenced block of README.md's "Air-gapped install" section that starts with `first_line`.
 fn readme_block(first_line: &str) -> String {
-    let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
-    let section = readme
-        .split("\n## Air-gapped install\n")
-        .nth(1)
-        .expect("README.md has an \"Air-gapped install\" section");
-    let section = section.split("\n## ").next().unwrap();
-    let mut blocks = section.split("```").skip(1).step_by(2);
-    blocks
-        .find_map(|b| {
-            let body = b.split_once('\n')?.1;
-            body.starts_with(first_line).then(|| body.to_string())
-        })
-        .unwrap_or_else(|| {
-            panic!("README's Air-gapped install has no block starting {first_line:?}")
-        })
+    common::readme_block("Air-gapped install", first_line)
 }
 
 /// `s` with each `(from, to)` replaced; every `from` must be there (so the README and the test
@@ -737,72 +590,17 @@ impl Rendered {
 
     /// A key of a rendered ConfigMap or Secret (by its generated name).
     fn key(&self, kind: &str, name: &str, key: &str) -> Option<String> {
-        let o = self
-            .objects
-            .iter()
-            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)?;
-        let v = o["data"][key].as_str()?;
-        Some(if kind == "Secret" {
-            text(
-                &base64::engine::general_purpose::STANDARD
-                    // kustomize folds long base64 values across lines.
-                    .decode(v.split_whitespace().collect::<String>())
-                    .unwrap_or_else(|e| panic!("{kind} {name} key {key}: {e}: {v:?}")),
-            )
-        } else {
-            v.to_string()
-        })
+        kubelet_env::key(&self.objects, kind, name, key)
     }
 
-    /// The container's environment as the kubelet makes it: the API server's service variables,
-    /// then each entry in order (ConfigMap/Secret keys, optional ones left out when absent), with
-    /// `$(VAR)` expanded from what is defined so far. Only the egress variables are kept.
+    /// The container's egress variables as the kubelet makes them (the API server's service
+    /// variables first, as the kubelet gives every container).
     fn egress_env(&self, container: &str, ns: &common::TestNamespace) -> Vec<(String, String)> {
-        let mut env = ns.kube_env();
-        for e in self.container(container)["env"].as_array().unwrap() {
-            let name = e["name"].as_str().unwrap().to_string();
-            let value = if let Some(v) = e["value"].as_str() {
-                let mut v = v.to_string();
-                for (k, val) in &env {
-                    v = v.replace(&format!("$({k})"), val);
-                }
-                Some(v)
-            } else {
-                let from = &e["valueFrom"];
-                let (kind, r) = if from["configMapKeyRef"].is_object() {
-                    ("ConfigMap", &from["configMapKeyRef"])
-                } else if from["secretKeyRef"].is_object() {
-                    ("Secret", &from["secretKeyRef"])
-                } else {
-                    continue;
-                };
-                let v = self.key(
-                    kind,
-                    r["name"].as_str().unwrap(),
-                    r["key"].as_str().unwrap(),
-                );
-                assert!(
-                    v.is_some() || r["optional"] == true,
-                    "env {name}: {kind} key {r} is missing and not optional"
-                );
-                v
-            };
-            if let Some(v) = value {
-                env.retain(|(k, _)| *k != name);
-                env.push((name, v));
-            }
-        }
-        let keep = [
-            "HTTPS_PROXY",
-            "https_proxy",
-            "NO_PROXY",
-            "no_proxy",
-            "AWS_CA_BUNDLE",
-            "SSL_CERT_FILE",
-            "AWS_ENDPOINT_URL_SSM",
-        ];
-        env.retain(|(k, _)| keep.contains(&k.as_str()));
-        env
+        kubelet_env::egress(kubelet_env::resolve(
+            &self.objects,
+            self.container(container),
+            &ns.kube_env(),
+        ))
     }
 }
 
@@ -1141,11 +939,12 @@ fn an_endpoint_name_that_does_not_resolve_is_named_through_the_proxy_and_directl
     }
 }
 
+/// squid with ssl_bump between init and SSM (README: "put the proxy's CA in ca-bundle.pem").
 #[test]
 fn a_tls_intercepting_proxy_works_with_its_ca_in_the_bundle_and_is_named_without() {
     let gap = AirGap::new();
     let stub = gap.ssm();
-    let proxy = Interceptor::start(&gap, stub.port);
+    let proxy = Squid::start(&gap);
     let env = init_env("airgap-intercept");
     let endpoint = ssm_url(stub.port);
     // The bundle has the endpoint's real CA but not the proxy's.
@@ -1162,11 +961,13 @@ fn a_tls_intercepting_proxy_works_with_its_ca_in_the_bundle_and_is_named_without
         assert!(line.contains(want), "{want:?} in {line}");
     }
     assert!(stub.requests().is_empty());
-    // With the proxy's CA in the bundle (from the overlay's ConfigMap).
-    let rendered = render(
-        &values(&proxy.url, "", &endpoint, &[&intercept_ca().ca]),
-        None,
+    assert!(
+        proxy.intercepted().is_empty(),
+        "init sent a request into TLS it does not trust: {}",
+        proxy.log()
     );
+    // With the proxy's CA in the bundle (from the overlay's ConfigMap).
+    let rendered = render(&values(&proxy.url, "", &endpoint, &[&bump_ca().0]), None);
     let bundle = rendered
         .key(
             "ConfigMap",
@@ -1178,12 +979,12 @@ fn a_tls_intercepting_proxy_works_with_its_ca_in_the_bundle_and_is_named_without
         .unwrap();
     let r = env.run(&rendered.egress_env(INIT, &env.ns), bundle.as_bytes(), "");
     assert_registered(&env, &stub, &r);
-    assert!(
-        proxy
-            .events()
-            .contains(&format!("intercepted TLS for {SSM_HOST}")),
-        "{:?}",
-        proxy.events()
+    // squid read the registration in the clear: the TLS init trusted was squid's.
+    assert_eq!(
+        proxy.intercepted(),
+        [format!("https://{SSM_HOST}:{}/", stub.port)],
+        "{}",
+        proxy.log()
     );
 }
 
@@ -1298,18 +1099,21 @@ fn check_rendered(rendered: &Rendered, ns: &common::TestNamespace) {
     );
 }
 
-/// The pod's egress as the README's overlay sets it, with AWS's own SSM agent under our launcher
-/// (tests/support/pod.rs runs each container in its own namespaces, env and volumes as
-/// rendered): init registers and the agent authenticates and rotates its key, all through
-/// tinyproxy, while the key reaches the Secret directly.
-#[test]
-fn the_real_agent_authenticates_and_rotates_through_the_proxy_and_the_key_reaches_the_secret() {
+/// The pod's egress as the README's overlay sets it (proxy `proxy_url`, CA bundle `bundle`), with
+/// AWS's own SSM agent under our launcher (tests/support/pod.rs runs each container in its own
+/// namespaces, env and volumes as rendered): init registers, and the agent authenticates with
+/// key #0, rotates its key and authenticates with key #1, all through the proxy; the rotated key
+/// reaches the Secret (written to the API server directly). Returns the stand-in, inside `gap`.
+fn agent_through_proxy(
+    gap: &AirGap,
+    ns: &common::TestNamespace,
+    proxy_url: &str,
+    bundle: &[&Path],
+    proxy_log: &dyn Fn() -> String,
+) -> Stub {
     peers::ssm_agent();
-    let gap = AirGap::new();
-    let proxy = Tinyproxy::start(&gap, "");
-    let ns = common::cluster().namespace("airgap-agent");
     let overlay = write_overlay(
-        &values(&proxy.url, "", "https://unused.example.test", &[&pki().ca]),
+        &values(proxy_url, "", "https://unused.example.test", bundle),
         None,
     );
     let rendered = pod::render_dir(&overlay.0);
@@ -1334,7 +1138,7 @@ fn the_real_agent_authenticates_and_rotates_through_the_proxy_and_the_key_reache
     ns.create_role(&role, rendered.role["rules"].clone());
     ns.bind("Role", &role, "ServiceAccount", &sa);
     let mut pod = pod::Pod::new_with(
-        &ns,
+        ns,
         "eks-connector-0",
         &sa_dir,
         &ssm_url(stub.port),
@@ -1346,7 +1150,7 @@ fn the_real_agent_authenticates_and_rotates_through_the_proxy_and_the_key_reache
         regs.len(),
         1,
         "init registered through the proxy: {}",
-        proxy.log()
+        proxy_log()
     );
     let instance = regs[0].instance_id.clone().unwrap();
     let agent_name = pod.agent_container();
@@ -1354,7 +1158,7 @@ fn the_real_agent_authenticates_and_rotates_through_the_proxy_and_the_key_reache
     // The key sync runs in a container of its own (the agent's holds no token).
     let sync_name = pod.key_sync_container();
     let _sync = (sync_name != agent_name).then(|| pod.start(&sync_name));
-    let logs = || format!("agent:\n{}\nproxy:\n{}", agent.log(), proxy.log());
+    let logs = || format!("agent:\n{}\nproxy:\n{}", agent.log(), proxy_log());
     let signed_with = |key: usize| {
         common::wait_for(Duration::from_secs(90), || {
             stub.tokens_granted()
@@ -1397,6 +1201,17 @@ fn the_real_agent_authenticates_and_rotates_through_the_proxy_and_the_key_reache
         logs()
     );
     stub.assert_strict();
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&pod.work);
+    stub
+}
+
+#[test]
+fn the_real_agent_authenticates_and_rotates_through_the_proxy_and_the_key_reaches_the_secret() {
+    let gap = AirGap::new();
+    let proxy = Tinyproxy::start(&gap, "");
+    let ns = common::cluster().namespace("airgap-agent");
+    let stub = agent_through_proxy(&gap, &ns, &proxy.url, &[&pki().ca], &|| proxy.log());
     // Every tunnel went to the SSM endpoint; none to the API server.
     let tunnels = proxy.connects();
     assert!(
@@ -1409,6 +1224,381 @@ fn the_real_agent_authenticates_and_rotates_through_the_proxy_and_the_key_reache
             .all(|t| *t == format!("{SSM_HOST}:{}", stub.port)),
         "{tunnels:?}"
     );
-    drop(agent);
-    let _ = std::fs::remove_dir_all(&pod.work);
+}
+
+/// The same through squid re-signing TLS, with only squid's CA in the bundle: the agent (which
+/// reads AWS_CA_BUNDLE for its SDK calls and SSL_CERT_FILE for Go's pool, as the private-ca
+/// component sets them and our launcher passes them on) trusts squid's certificates, and squid
+/// reads every SSM call in the clear.
+#[test]
+fn the_real_agent_authenticates_and_rotates_through_a_tls_intercepting_proxy() {
+    let gap = AirGap::new();
+    let proxy = Squid::start(&gap);
+    let ns = common::cluster().namespace("airgap-agent-bump");
+    let stub = agent_through_proxy(&gap, &ns, &proxy.url, &[&bump_ca().0], &|| proxy.log());
+    let endpoint = format!("{SSM_HOST}:{}", stub.port);
+    let requests = proxy.requests();
+    assert!(
+        requests
+            .iter()
+            .all(|(m, u)| (m == "CONNECT" && *u == endpoint)
+                || (m == "POST" && u.starts_with(&format!("https://{endpoint}/")))),
+        "only SSM calls go through the proxy: {requests:?}"
+    );
+    // init's registration, the agent's credentials with key #0, the key update, credentials with
+    // key #1: all read by squid inside the TLS it terminated.
+    let ssm_calls = proxy
+        .intercepted()
+        .iter()
+        .filter(|u| **u == format!("https://{endpoint}/"))
+        .count();
+    assert!(
+        ssm_calls >= 4,
+        "squid read {ssm_calls} SSM calls in the clear:\n{}",
+        proxy.log()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mirror step (README step 1) into a private registry on loopback: Debian's docker-registry
+// (the CNCF distribution registry) with TLS from a private CA, which skopeo trusts the way the
+// README says (/etc/containers/certs.d/<registry>/ca.crt).
+
+struct Registry {
+    child: Child,
+    dir: PathBuf,
+    /// `127.0.0.1:<port>`.
+    authority: String,
+    certs_d: PathBuf,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        prereqs::need(&["docker-registry", "skopeo"]);
+        let dir = temp_dir("registry");
+        // The tests' private CA, whose server certificate names 127.0.0.1.
+        let tls = pki();
+        let authority = format!("127.0.0.1:{}", pod::free_port());
+        let d = dir.display();
+        std::fs::write(
+            dir.join("config.yml"),
+            format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\n\
+                 http:\n  addr: {authority}\n  tls:\n    certificate: {}\n    key: {}\n",
+                tls.cert.display(),
+                tls.key.display()
+            ),
+        )
+        .unwrap();
+        let certs_d = PathBuf::from("/etc/containers/certs.d").join(&authority);
+        std::fs::create_dir_all(&certs_d).unwrap();
+        std::fs::copy(&tls.ca, certs_d.join("ca.crt")).unwrap();
+        let log = File::create(dir.join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let r = Registry {
+            child,
+            dir,
+            authority,
+            certs_d,
+        };
+        wait_port(&r.authority);
+        r
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.certs_d);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use rsa::sha2::{Digest, Sha256};
+    let d = Sha256::digest(bytes);
+    format!(
+        "sha256:{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// A stand-in for AWS's SSM agent image as README step 1 has an operator save it
+/// (`skopeo copy --all docker://public.ecr.aws/… oci-archive:…`): an OCI image index over an amd64
+/// and an arm64 image, one small layer each. AWS's registry cannot be reached from this machine,
+/// so the test makes it; the mirror step reads nothing of an image but its manifests and blobs.
+fn agent_archive(tag: &str) -> PathBuf {
+    let dir = temp_dir("agent-image");
+    let layout = dir.join("layout");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let blob = |bytes: &[u8], media_type: &str| -> Value {
+        let digest = sha256(bytes);
+        std::fs::write(blobs.join(&digest["sha256:".len()..]), bytes).unwrap();
+        serde_json::json!({"mediaType": media_type, "digest": digest, "size": bytes.len()})
+    };
+    let mut images = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let root = dir.join(format!("rootfs-{arch}"));
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(
+            root.join("etc/amazon-ssm-agent-stand-in"),
+            format!("a test's stand-in for the SSM agent image, {arch}\n"),
+        )
+        .unwrap();
+        let layer_tar = dir.join(format!("layer-{arch}.tar"));
+        run(Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&layer_tar)
+            .arg("etc"));
+        let layer = blob(
+            &std::fs::read(&layer_tar).unwrap(),
+            "application/vnd.oci.image.layer.v1.tar",
+        );
+        let config = serde_json::json!({
+            "architecture": arch, "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
+        });
+        let config = blob(
+            config.to_string().as_bytes(),
+            "application/vnd.oci.image.config.v1+json",
+        );
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config, "layers": [layer],
+        });
+        let mut m = blob(
+            manifest.to_string().as_bytes(),
+            "application/vnd.oci.image.manifest.v1+json",
+        );
+        m["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
+        images.push(m);
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": images,
+    });
+    let mut top = blob(
+        index.to_string().as_bytes(),
+        "application/vnd.oci.image.index.v1+json",
+    );
+    top["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::json!({"schemaVersion": 2, "manifests": [top]}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let archive = dir.join("amazon-ssm-agent.oci.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&archive)
+        .arg("."));
+    archive
+}
+
+fn skopeo(args: &[&str]) -> Vec<u8> {
+    run(Command::new("skopeo").args(args)).stdout
+}
+
+/// The digests of every blob (manifests, configs, layers) of an OCI layout directory.
+fn blob_digests(layout: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap_or_else(|e| panic!("{}: {e}", layout.display()))
+        .map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
+        .collect()
+}
+
+/// `images:` entries as the mirror step prints them: name → (newName, digest).
+fn printed_images(out: &str) -> Vec<(String, String, String)> {
+    let mut entries = Vec::new();
+    let mut cur: Option<(String, String, String)> = None;
+    for l in out.lines() {
+        let l = l.trim();
+        if let Some(n) = l.strip_prefix("- name: ") {
+            entries.extend(cur.take());
+            cur = Some((n.into(), String::new(), String::new()));
+        } else if let (Some(c), Some(v)) = (cur.as_mut(), l.strip_prefix("newName: ")) {
+            c.1 = v.into();
+        } else if let (Some(c), Some(v)) = (cur.as_mut(), l.strip_prefix("digest: ")) {
+            c.2 = v.into();
+        }
+    }
+    entries.extend(cur);
+    entries
+}
+
+/// README step 1 as written (the registry's name replaced): `./build.sh image`, then the mirror
+/// line for a machine that cannot reach public.ecr.aws, whose agent image comes from an archive
+/// (here a two-architecture stand-in made by the test, see `agent_archive`; AWS's own image is
+/// not reachable from this machine, so the `docker://public.ecr.aws/…` source of the other mirror
+/// line is not exercised). Pulled back from the registry by the digests it printed, each image is
+/// the one mirrored: the same index byte for byte, amd64 and arm64 in it, every blob the same, and
+/// the printed `images:` entries, put in manifests/kustomization.yaml, name both images by them.
+#[test]
+fn the_mirror_step_pushes_both_architectures_and_pulling_back_by_digest_gives_the_same_image() {
+    let registry = Registry::start();
+    let reg = registry.authority.as_str();
+    let image_line = readme_block("./build.sh image\n");
+    let mirror = readme_block("# on a machine that reaches public.ecr.aws");
+    let (save_line, mirror_line) = {
+        let lines: Vec<&str> = mirror.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(lines.len(), 2, "a save line and a mirror line: {mirror}");
+        (lines[0], lines[1])
+    };
+    // The tag the README saves is the one the manifests name.
+    let kustomization =
+        std::fs::read_to_string(common::repo_root().join("manifests/kustomization.yaml")).unwrap();
+    let tag = save_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("docker://public.ecr.aws/amazon-ssm-agent/amazon-ssm-agent:"))
+        .expect("the README saves the agent image by tag");
+    assert!(
+        kustomization.contains(&format!("newTag: \"{tag}\"")),
+        "README saves tag {tag}, manifests/kustomization.yaml names another"
+    );
+    let agent = agent_archive(tag);
+    let sh = |line: &str| {
+        let out = run(Command::new("bash")
+            .args(["-c", line])
+            .current_dir(common::repo_root())
+            .stdin(Stdio::null()));
+        text(&out.stdout)
+    };
+    sh(image_line.lines().next().unwrap());
+    let printed = sh(&substitute(
+        mirror_line.to_string(),
+        &[
+            ("registry.corp.example:5000", reg.to_string()),
+            (
+                "oci-archive:amazon-ssm-agent.oci.tar",
+                format!("oci-archive:{}", agent.display()),
+            ),
+        ],
+    ));
+    let entries = printed_images(&printed);
+    let ours = common::repo_root().join(format!(
+        "dist/eks-connector-{}.oci.tar",
+        env!("CARGO_PKG_VERSION")
+    ));
+    let sources = [
+        ("eks-connector", ours),
+        ("public.ecr.aws/amazon-ssm-agent/amazon-ssm-agent", agent),
+    ];
+    assert_eq!(entries.len(), 2, "two images: entries:\n{printed}");
+    let work = temp_dir("pulled");
+    for (i, ((name, source), (printed_name, new_name, digest))) in
+        sources.iter().zip(&entries).enumerate()
+    {
+        assert_eq!(printed_name, name, "{printed}");
+        assert!(
+            new_name.starts_with(&format!("{reg}/")),
+            "{name} mirrored to {new_name}"
+        );
+        let source_ref = format!("oci-archive:{}", source.display());
+        let source_index = skopeo(&["inspect", "--raw", &source_ref]);
+        let pulled_ref = format!("docker://{new_name}@{digest}");
+        let pulled_index = skopeo(&["inspect", "--raw", &pulled_ref]);
+        assert_eq!(
+            sha256(&pulled_index),
+            *digest,
+            "{name}: the registry's index is not the printed digest"
+        );
+        assert!(
+            pulled_index == source_index,
+            "{name}: the mirrored index differs from the archive's:\n{}\n{}",
+            text(&pulled_index),
+            text(&source_index)
+        );
+        let index: Value = serde_json::from_slice(&pulled_index).unwrap();
+        let mut archs: Vec<&str> = index["manifests"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: not an index: {index}"))
+            .iter()
+            .filter_map(|m| m["platform"]["architecture"].as_str())
+            .collect();
+        archs.sort();
+        assert_eq!(archs, ["amd64", "arm64"], "{name}");
+        // Every blob of every architecture, pulled back by digest, is the archive's.
+        let source_dir = work.join(format!("source-{i}"));
+        std::fs::create_dir_all(&source_dir).unwrap();
+        run(Command::new("tar")
+            .arg("-C")
+            .arg(&source_dir)
+            .arg("-xf")
+            .arg(source));
+        // (No colon in the path: skopeo's oci: reference is PATH:TAG.)
+        let pulled_dir = work.join(format!("pulled-{i}"));
+        skopeo(&[
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--quiet",
+            &pulled_ref,
+            &format!("oci:{}:pulled", pulled_dir.display()),
+        ]);
+        let (src, got) = (blob_digests(&source_dir), blob_digests(&pulled_dir));
+        assert_eq!(got, src, "{name}: the blobs pulled back differ");
+        assert!(src.contains(digest), "{name}");
+    }
+    // The printed entries in manifests/kustomization.yaml name both images by digest.
+    let root = prepared_root();
+    let k = root.join("manifests/kustomization.yaml");
+    let original = std::fs::read_to_string(&k).unwrap();
+    let head = original
+        .split("\nimages:\n")
+        .next()
+        .expect("manifests/kustomization.yaml has images:");
+    let yaml_start = printed.find("images:\n").expect("printed images:");
+    let mirrored_root = temp_dir("mirrored-manifests");
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(root.join("manifests"))
+        .arg(&mirrored_root));
+    std::fs::write(
+        mirrored_root.join("manifests/kustomization.yaml"),
+        format!("{head}\n{}", &printed[yaml_start..]),
+    )
+    .unwrap();
+    let rendered = common::cluster().objects(&common::cluster().kubectl_ok(
+        &[
+            "kustomize",
+            mirrored_root.join("manifests").to_str().unwrap(),
+        ],
+        None,
+    ));
+    let sts = rendered
+        .iter()
+        .find(|o| o["kind"] == "StatefulSet")
+        .expect("a StatefulSet");
+    let spec = &sts["spec"]["template"]["spec"];
+    let mut images: Vec<String> = spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(spec["containers"].as_array().unwrap())
+        .map(|c| c["image"].as_str().unwrap().to_string())
+        .collect();
+    images.sort();
+    images.dedup();
+    let mut want: Vec<String> = entries.iter().map(|(_, n, d)| format!("{n}@{d}")).collect();
+    want.sort();
+    assert_eq!(images, want);
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&mirrored_root);
 }
