@@ -47,25 +47,13 @@ fn scratch(name: &str) -> PathBuf {
 /// The helm binary: built once per machine from the Go module proxy, then cached.
 fn helm_bin() -> &'static Path {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let r = BIN.get_or_init(|| {
-        let script = repo().join("tests/helm/build-helm.sh");
-        let out = Command::new(&script)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed (Go and the Go module proxy are needed for the first build):\n{}",
-                script.display(),
-                text(&out.stderr)
-            ));
-        }
-        Ok(PathBuf::from(text(&out.stdout).trim()))
-    });
-    match r {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
+    common::go_tool(
+        &BIN,
+        None,
+        "tests/helm/build-helm.sh",
+        false,
+        "tests/helm/build-helm.sh failed (Go and the Go module proxy are needed for the first build)",
+    )
 }
 
 /// `helm ARGS` in the repository, with its own config/cache/data directories and the test

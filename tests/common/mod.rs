@@ -50,6 +50,44 @@ pub fn oldest_cluster() -> &'static Cluster {
     }
 }
 
+/// A test tool built from the Go modules by `script` (tests/*/build-*.sh, through
+/// tests/go-install-cached.sh), found once per process in `cell`; `$env_var`, when set, names it
+/// instead. `cached_only`: never build it here (the script then says how). Panics with `missing`
+/// and the script's words if it fails.
+pub fn go_tool(
+    cell: &'static OnceLock<Result<PathBuf, String>>,
+    env_var: Option<&str>,
+    script: &str,
+    cached_only: bool,
+    missing: &str,
+) -> &'static Path {
+    let found = cell.get_or_init(|| {
+        if let Some(p) = env_var.and_then(std::env::var_os).filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(p));
+        }
+        let script = repo_root().join(script);
+        let mut cmd = Command::new(&script);
+        if cached_only {
+            cmd.env("GO_TOOL_CACHED_ONLY", "1");
+        }
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{missing}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    });
+    match found {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

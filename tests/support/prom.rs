@@ -17,28 +17,13 @@ use serde_json::Value;
 /// The promtool binary: `$PROMTOOL`, else the cached build of tests/promtool/build-promtool.sh.
 pub fn promtool() -> &'static Path {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let found = BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("PROMTOOL").filter(|p| !p.is_empty()) {
-            return Ok(PathBuf::from(p));
-        }
-        let script = crate::common::repo_root().join("tests/promtool/build-promtool.sh");
-        let out = Command::new(&script)
-            .env("GO_TOOL_CACHED_ONLY", "1")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "promtool is needed and missing: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-    });
-    match found {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
+    crate::common::go_tool(
+        &BIN,
+        Some("PROMTOOL"),
+        "tests/promtool/build-promtool.sh",
+        true,
+        "promtool is needed and missing",
+    )
 }
 
 /// `promtool ARGS` in `dir`, `stdin` fed in: its output, whatever its status.
