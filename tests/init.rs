@@ -1076,7 +1076,7 @@ fn install_launcher_copies_the_sibling_binary() {
         0o755
     );
     // The copy runs.
-    let v = Command::new(&installed).arg("--version").output().unwrap();
+    let v = output_of_copied(Command::new(&installed).arg("--version"));
     assert!(String::from_utf8_lossy(&v.stdout).contains("eks-connector-agent"));
 
     // An init binary without the launcher beside it: a clear error, exit 30.
@@ -1087,12 +1087,12 @@ fn install_launcher_copies_the_sibling_binary() {
         lonely.join("eks-connector-init"),
     )
     .unwrap();
-    let out = Command::new(lonely.join("eks-connector-init"))
-        .env_clear()
-        .arg("--install-launcher")
-        .arg(dir.join("other"))
-        .output()
-        .unwrap();
+    let out = output_of_copied(
+        Command::new(lonely.join("eks-connector-init"))
+            .env_clear()
+            .arg("--install-launcher")
+            .arg(dir.join("other")),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(30), "{stderr}");
     assert!(
@@ -1101,4 +1101,18 @@ fn install_launcher_copies_the_sibling_binary() {
     );
     assert!(!dir.join("other").join("eks-connector-agent").exists());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs a binary this process has just copied. Another test thread forking meanwhile can hold the
+/// copy's write descriptor for a moment (Linux then refuses the exec with ETXTBSY): retried.
+fn output_of_copied(cmd: &mut Command) -> std::process::Output {
+    for _ in 0..50 {
+        match cmd.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => return r.unwrap(),
+        }
+    }
+    panic!("{cmd:?}: text file still busy after 1 s")
 }
