@@ -106,6 +106,7 @@ impl Listener {
             Inner::Unix { listener, .. } => listener.accept().map(|(s, _)| Stream::Unix(s)),
             Inner::Tcp(l) => l.accept().map(|(s, _)| {
                 let _ = s.set_nodelay(true);
+                keep_alive(&s);
                 Stream::Tcp(s)
             }),
         }
@@ -151,6 +152,42 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         self.remove_file();
+    }
+}
+
+/// TCP keep-alive as the original's Go listener set it: first probe after 15 s of silence, then
+/// every 15 s, 9 unanswered mean gone. While a response waits for the API server (a quiet
+/// watch) only a hang-up or an error means the client is gone, since a half-closed client still
+/// gets its answer; over TCP a client's close() raises neither, so the probes are what ends the
+/// stream. A closed client's socket lingers orphaned in FIN_WAIT2 and answers them until
+/// `net.ipv4.tcp_fin_timeout` (60 s by default) has passed, then the next probe draws a reset:
+/// the stream ends within tcp_fin_timeout + 15 s. A client host that vanished (powered off,
+/// partitioned) answers nothing: within 15 + 9 × 15 = 150 s. A living client, half-closed or
+/// not, answers every probe (its kernel does) and keeps its stream.
+fn keep_alive(s: &TcpStream) {
+    const OPTIONS: [(libc::c_int, libc::c_int, libc::c_int); 4] = [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 15),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 15),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 9),
+    ];
+    for (level, name, value) in OPTIONS {
+        // SAFETY: an int option on a socket we own, its size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            log::debug!(
+                "TCP keep-alive option {name}: {}",
+                io::Error::last_os_error()
+            );
+        }
     }
 }
 
