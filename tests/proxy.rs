@@ -1193,11 +1193,17 @@ impl Backend {
 
     /// A proxy in front of this backend (plain HTTP), with a token file of its own.
     fn proxy(&self, name: &str, extra: &[&str]) -> Proxy {
+        self.proxy_on(name, None, extra)
+    }
+
+    /// The same on TCP at `tcp` (`HOST:PORT`) when given.
+    fn proxy_on(&self, name: &str, tcp: Option<&str>, extra: &[&str]) -> Proxy {
         let sa = scratch(&format!("{name}-sa"));
         std::fs::write(sa.join("token"), "backend-test-token\n").unwrap();
         let mut args = vec!["--proxy.targetProtocol=http"];
         args.extend_from_slice(extra);
-        Proxy::start(name, &format!("127.0.0.1:{}", self.port), &sa, &args)
+        let target = format!("127.0.0.1:{}", self.port);
+        Proxy::start_on(name, tcp, &target, &sa, &args)
     }
 }
 
@@ -1455,6 +1461,131 @@ fn a_client_that_half_closes_after_its_request_gets_the_answer() {
         r.starts_with("HTTP/1.1 200 ") && r.ends_with("for alice /slow"),
         "{r:?}"
     );
+}
+
+/// Runs `f` on a thread of its own in a new network namespace (its loopback up, and
+/// `net.ipv4.tcp_fin_timeout` set to `fin_timeout` seconds there only): what it starts, sockets,
+/// threads and child processes, stays in that namespace. Needs root.
+fn in_new_network<T: Send + 'static>(
+    fin_timeout: u32,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let t = std::thread::spawn(move || {
+        // SAFETY: unshare affects this thread only (and what it starts).
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "a network namespace (run as root): {}",
+            std::io::Error::last_os_error()
+        );
+        let lo = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
+        assert!(
+            lo.as_ref().is_ok_and(|s| s.success()),
+            "ip link set lo up: {lo:?}"
+        );
+        // /proc/sys/net shows the namespace of the thread that opens it: this one's.
+        std::fs::write(
+            "/proc/sys/net/ipv4/tcp_fin_timeout",
+            fin_timeout.to_string(),
+        )
+        .unwrap();
+        f()
+    });
+    t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Keep-alive probes sent in the calling thread's network namespace.
+fn keepalive_probes_sent() -> u64 {
+    let netstat = std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap();
+    let mut tcp_ext = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (tcp_ext.next().unwrap(), tcp_ext.next().unwrap());
+    let at = names.split(' ').position(|n| n == "TCPKeepAlive").unwrap();
+    values.split(' ').nth(at).unwrap().parse().unwrap()
+}
+
+#[test]
+fn over_tcp_a_closed_quiet_watch_ends_and_a_half_closed_one_still_gets_its_events() {
+    // Over TCP, a client's close() and a half-close both reach the proxy as a FIN; only the
+    // keep-alive probes tell them apart (the closed client's socket answers them with a reset
+    // once tcp_fin_timeout has passed). In a namespace of our own it is 1 s instead of 60.
+    in_new_network(1, || {
+        let (ended_tx, ended) = std::sync::mpsc::channel::<String>();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let (ended_tx, go_rx) = (
+            std::sync::Mutex::new(ended_tx),
+            std::sync::Mutex::new(go_rx),
+        );
+        let backend = Backend::start(std::sync::Arc::new(
+            move |seen: &Seen, s: &mut std::net::TcpStream| {
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nevent\n\r\n",
+                );
+                if seen.target == "/watch/half" {
+                    let _ = go_rx.lock().unwrap().recv();
+                    let _ = s.write_all(b"5\r\nnext\n\r\n");
+                }
+                let mut buf = [0u8; 64];
+                while s.read(&mut buf).is_ok_and(|n| n > 0) {}
+                let _ = ended_tx.lock().unwrap().send(seen.target.clone());
+                Then::Close
+            },
+        ));
+        // Nothing else listens in a new namespace: any port is free.
+        let proxy = backend.proxy_on("keepalive", Some("127.0.0.1:8080"), &[]);
+        let watch = |path: &str| {
+            let mut c = std::net::TcpStream::connect("127.0.0.1:8080").unwrap();
+            c.write_all(get(path, "alice", "").as_bytes()).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            // All of the first event, so that the close below sends a FIN, not a reset.
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.ends_with(b"event\n\r\n") {
+                let n = c.read(&mut buf).unwrap();
+                assert!(n > 0, "watch closed: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            c
+        };
+        let mut half = watch("/watch/half");
+        let closed = watch("/watch/closed");
+        let probes = keepalive_probes_sent();
+        half.shutdown(std::net::Shutdown::Write).unwrap();
+        drop(closed);
+        let started = Instant::now();
+        // The first probe goes out 15 s after the FIN; tcp_fin_timeout passed long before.
+        let gone = ended.recv_timeout(Duration::from_secs(30));
+        assert_eq!(
+            gone.as_deref(),
+            Ok("/watch/closed"),
+            "{:?} after the client closed, the proxy still relays its quiet watch:\n{}",
+            started.elapsed(),
+            proxy.log_text()
+        );
+        eprintln!(
+            "the closed watch ended {:?} after its client closed",
+            started.elapsed()
+        );
+        // The half-closed client was probed too (first: it went quiet first), and answered.
+        std::thread::sleep(Duration::from_secs(1));
+        let sent = keepalive_probes_sent() - probes;
+        assert!(sent >= 2, "{sent} keep-alive probes sent");
+        go.send(()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"next\n\r\n") {
+            let n = half.read(&mut buf).unwrap_or(0);
+            assert!(
+                n > 0,
+                "the half-closed client's watch ended without its next event: {:?}\n{}",
+                String::from_utf8_lossy(&got),
+                proxy.log_text()
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    });
 }
 
 /// A raw request with a JSON body (or none), as one connection; the whole answer.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,12 +41,28 @@ impl Proxy {
     /// Starts the proxy on a unix socket in front of `target` (`host:port`, https) with the
     /// service-account files in `sa_dir`.
     pub fn start(name: &str, target: &str, sa_dir: &Path, extra: &[&str]) -> Proxy {
+        Proxy::start_on(name, None, target, sa_dir, extra)
+    }
+
+    /// As [`Proxy::start`], but on TCP at `tcp` (`HOST:PORT`) when given: the original's
+    /// `--proxy.socketType=tcp` (`sock` is then not used).
+    pub fn start_on(
+        name: &str,
+        tcp: Option<&str>,
+        target: &str,
+        sa_dir: &Path,
+        extra: &[&str],
+    ) -> Proxy {
         let dir = scratch(name);
         let sock = dir.join("connector.sock");
         let log = dir.join("proxy.log");
+        let listen = match tcp {
+            Some(addr) => ["tcp".to_string(), addr.to_string()],
+            None => ["unix".to_string(), sock.display().to_string()],
+        };
         let child = Command::new(PROXY)
-            .arg("--proxy.socketType=unix")
-            .arg(format!("--proxy.socketAddr={}", sock.display()))
+            .arg(format!("--proxy.socketType={}", listen[0]))
+            .arg(format!("--proxy.socketAddr={}", listen[1]))
             .arg(format!("--proxy.targetHost={target}"))
             .arg(format!("--serviceaccount.dir={}", sa_dir.display()))
             .args(extra)
@@ -65,7 +82,10 @@ impl Proxy {
             if let Ok(Some(status)) = p.child.try_wait() {
                 panic!("proxy exited early with {status}: {}", p.log_text());
             }
-            UnixStream::connect(&p.sock).ok()
+            match tcp {
+                Some(addr) => TcpStream::connect(addr).ok().map(drop),
+                None => UnixStream::connect(&p.sock).ok().map(drop),
+            }
         });
         assert!(up.is_some(), "proxy did not listen: {}", p.log_text());
         p
