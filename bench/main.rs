@@ -25,10 +25,10 @@
 //!        [--conns 1,16] [--scrape] [--no-per-request] [--out FILE]
 //!
 //! Profiling: `BENCH_PROFILE=N` (load at N connections through the first proxy only; attach
-//! perf/strace to the printed pid), `BENCH_PROFILE=watches`, `BENCH_PROFILE=requests:N` (exactly
-//! N requests at `--conns` connections, then SIGTERM and wait: with `BENCH_WRAP="valgrind
-//! --tool=callgrind ..."` the proxy runs under that command and its instruction count is
-//! written when it exits; `BENCH_TARGET=nginx1` profiles nginx with 1 worker instead),
+//! perf/strace to the printed pid), `BENCH_PROFILE=idle`, `BENCH_PROFILE=watches`,
+//! `BENCH_PROFILE=requests:N` (exactly N requests at `--conns` connections, then SIGTERM and
+//! wait: with `BENCH_WRAP="valgrind --tool=callgrind ..."` the proxy runs under that command and
+//! its instruction count is written when it exits; `BENCH_TARGET=nginx1` profiles nginx with 1 worker instead),
 //! `BENCH_PROFILE=scrapes:N` (with `--scrape`: exactly N scrapes of `/metrics`, no requests).
 //! `BENCH_PROXY_LOG=warn` turns audit lines off.
 
@@ -315,12 +315,18 @@ fn start_under_test(b: &Bench, i: usize, label: &str, bin: &Path) -> Res<UnderTe
 }
 
 /// `BENCH_PROFILE=N`: only the first proxy's load at N connections (attach perf/strace to the
-/// printed pid); `BENCH_PROFILE=watches`: its 1,000 watches held open;
+/// printed pid); `BENCH_PROFILE=idle`: held idle after one request (RSS idle);
+/// `BENCH_PROFILE=watches`: its 1,000 watches held open;
 /// `BENCH_PROFILE=requests:N`: exactly N requests at `conns` connections, then SIGTERM and wait
 /// for the proxy to exit (so a `BENCH_WRAP` tool writes its counts).
 fn profile(b: &Bench, mut ut: UnderTest, what: &str, conns: usize) -> Res<()> {
     let pid = ut.tcp.id();
-    if what == "watches" {
+    if what == "idle" {
+        // After its one request, as the footprint table's "RSS idle" is taken: read its smaps.
+        eprintln!("profiling: proxy pid {pid}, idle for {:?}", b.dur);
+        std::thread::sleep(b.dur);
+        println!("RSS {} KiB", rss_kib(pid));
+    } else if what == "watches" {
         let w = open_watches(ut.tcp_port, WATCHES)?;
         eprintln!(
             "profiling: proxy pid {pid}, {WATCHES} watches open for {:?}",
@@ -382,7 +388,7 @@ fn profile(b: &Bench, mut ut: UnderTest, what: &str, conns: usize) -> Res<()> {
     } else {
         let n: usize = what
             .parse()
-            .map_err(|_| "BENCH_PROFILE must be a number, watches or requests:N")?;
+            .map_err(|_| "BENCH_PROFILE must be a number, idle, watches or requests:N")?;
         eprintln!("profiling: proxy pid {pid}, {n} connections");
         let r = load(&Target::Proxy(ut.tcp_port), &b.cfg, n, b.dur, false)?;
         println!(

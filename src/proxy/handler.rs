@@ -100,8 +100,8 @@ pub(super) fn serve(shared: &Shared, stream: Stream) {
     }
 }
 
-/// Waits up to `wait` for the next request head. The kept upstream connection goes back to
-/// the pool if the client is quiet for longer than [`HOLD`].
+/// Waits up to `wait` for the next request head. The kept upstream connection (and the dead
+/// part of the stack) goes back if the client is quiet for longer than [`HOLD`].
 fn next_head(
     shared: &Shared,
     reader: &mut HeadReader<&Stream>,
@@ -116,6 +116,7 @@ fn next_head(
         match reader.read_request(head, &limits.head, w, limits.header_timeout) {
             Err(HeadError::Idle) if holding && w < wait => {
                 shared.upstream.release(&mut state.held);
+                super::stack::release_unused();
                 wait -= w;
             }
             other => return other,
@@ -708,7 +709,7 @@ fn relay_body(
 }
 
 /// Waits for more of the response; a stream quiet for a while (a watch between events) gives
-/// its buffers back meanwhile.
+/// its buffers and its dead stack pages back meanwhile.
 fn await_upstream(
     stream: &Stream,
     reader: &mut HeadReader<&Stream>,
@@ -721,6 +722,7 @@ fn await_upstream(
         reader.release_buffer();
         conn.io.release_buffer();
         conn.io.get_mut().release();
+        super::stack::release_unused();
         waited = wait_for_upstream(conn, stream.raw_fd(), -1);
     }
     match waited {

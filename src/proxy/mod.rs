@@ -9,6 +9,7 @@
 
 mod audit;
 mod handler;
+mod stack;
 
 pub mod listener;
 pub mod policy;
