@@ -690,6 +690,29 @@ fn wrong_values_get_one_error_naming_the_value() {
                 &code,
                 &id,
                 &region,
+                "metrics.prometheusRule.labels=monitoring",
+            ],
+            "metrics.prometheusRule.labels",
+        ),
+        // A label value must be a string (--set makes 1 a number).
+        (
+            vec![&code, &id, &region, "metrics.prometheusRule.labels.team=1"],
+            "metrics.prometheusRule.labels",
+        ),
+        (
+            vec![
+                &code,
+                &id,
+                &region,
+                "metrics.podMonitor.labels.release=true",
+            ],
+            "metrics.podMonitor.labels",
+        ),
+        (
+            vec![
+                &code,
+                &id,
+                &region,
                 "egress.httpsProxy=http://proxy:3128",
                 "egress.httpsProxySecret=corp-proxy",
             ],
@@ -1170,13 +1193,12 @@ fn a_release_of_the_original_upgrades_to_ours_with_reuse_values_and_rolls_back()
 // Metrics: scrape annotations, the PodMonitor (off by default) and the NetworkPolicy.
 
 #[test]
-fn metrics_off_by_default_no_podmonitor_no_scrape_annotations_no_ingress() {
+fn metrics_off_by_default_no_podmonitor_no_rules_no_scrape_annotations_no_ingress() {
     let ns = common::cluster().namespace("helm-metrics-off");
     let objs = render_ok(&chart(), &ns.name, &activation());
-    assert!(
-        of_kind(&objs, "PodMonitor").is_empty(),
-        "no PodMonitor by default"
-    );
+    for kind in ["PodMonitor", "PrometheusRule"] {
+        assert!(of_kind(&objs, kind).is_empty(), "no {kind} by default");
+    }
     let sts = one(&objs, "StatefulSet");
     assert_eq!(prom::declared_ports(sts), prom::health_ports());
     let annotations = sts["spec"]["template"]["metadata"]["annotations"]
@@ -1294,6 +1316,95 @@ fn metrics_on_annotates_renders_a_podmonitor_and_opens_only_the_health_ports_to_
         annotations.get("prometheus.io/scrape").is_none(),
         "{annotations}"
     );
+}
+
+/// The example alert rules, where the Kustomize side, the README and alerts.test.yaml have them.
+const ALERTS: &str = "manifests/monitoring/alerts.yaml";
+/// The chart's copy of them: Helm reads no file outside the chart directory.
+const CHART_ALERTS: &str = "manifests/chart/eks-connector/files/alerts.yaml";
+
+/// A rule file's `groups` as the README used to tell prometheus-operator users to wrap them: the
+/// `spec` of a PrometheusRule, as JSON.
+fn rule_file_as_spec(rules: &str) -> Value {
+    let mut yaml = String::from(
+        "apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata:\n  name: wrapped\nspec:\n",
+    );
+    for line in rules.lines() {
+        yaml.push_str(&format!("  {line}\n"));
+    }
+    to_json(&yaml).swap_remove(0)["spec"].take()
+}
+
+/// metrics.prometheusRule: a PrometheusRule in the release namespace, with the chart's labels and
+/// the ones given, whose spec is exactly alerts.yaml's groups; they pass `promtool check rules` and
+/// `promtool test rules alerts.test.yaml` as alerts.yaml does (tests/metrics.rs).
+#[test]
+fn the_prometheus_rule_holds_alerts_yaml_and_passes_promtool_as_it_does() {
+    let alerts = std::fs::read_to_string(repo().join(ALERTS)).unwrap();
+    let copy = std::fs::read_to_string(repo().join(CHART_ALERTS))
+        .unwrap_or_else(|e| panic!("{CHART_ALERTS}: {e}"));
+    assert!(
+        copy == alerts,
+        "{CHART_ALERTS} differs from {ALERTS}: edit {ALERTS}, then cp {ALERTS} {CHART_ALERTS}"
+    );
+
+    let ns = common::cluster().namespace("helm-rules");
+    let objs = render_ok(
+        &chart(),
+        &ns.name,
+        &with_activation(&[
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+            "--set",
+            "metrics.prometheusRule.labels.release=kube-prometheus-stack",
+        ]),
+    );
+    let rule = one(&objs, "PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["name"], "eks-connector");
+    assert_eq!(rule["metadata"]["namespace"], ns.name.as_str());
+    let labels = &rule["metadata"]["labels"];
+    assert_eq!(labels["release"], "kube-prometheus-stack", "{labels}");
+    assert_eq!(
+        labels["app.kubernetes.io/name"], "eks-connector",
+        "{labels}"
+    );
+    assert_eq!(
+        rule["spec"],
+        rule_file_as_spec(&alerts),
+        "the PrometheusRule's spec is not {ALERTS}'s groups"
+    );
+    assert!(
+        of_kind(&objs, "PodMonitor").is_empty(),
+        "the rules alone scrape nothing"
+    );
+
+    // promtool on the rendered groups, beside alerts.test.yaml (its rule_files: alerts.yaml).
+    let groups = rule["spec"]["groups"].as_array().expect("spec.groups");
+    let count: usize = groups
+        .iter()
+        .map(|g| g["rules"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert!(count > 0, "no rules in {groups:?}");
+    let dir = scratch("prometheus-rule");
+    // JSON is YAML: promtool reads it as a rule file.
+    std::fs::write(
+        dir.join("alerts.yaml"),
+        json!({"groups": groups}).to_string(),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo().join("manifests/monitoring/alerts.test.yaml"),
+        dir.join("alerts.test.yaml"),
+    )
+    .unwrap();
+    let said = prom::run_ok(&dir, &["check", "rules", "alerts.yaml"]);
+    assert!(
+        said.contains(&format!("SUCCESS: {count} rules found")),
+        "{said}"
+    );
+    let said = prom::run_ok(&dir, &["test", "rules", "alerts.test.yaml"]);
+    assert!(said.contains("SUCCESS"), "{said}");
 }
 
 // ---------------------------------------------------------------------------------------------

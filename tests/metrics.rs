@@ -29,23 +29,11 @@ fn monitoring() -> PathBuf {
     common::repo_root().join("manifests/monitoring")
 }
 
-/// `promtool ARGS` in manifests/monitoring, which must succeed: what it said.
-fn promtool_ok(args: &[&str]) -> String {
-    let out = prom::run(&monitoring(), args, b"");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "promtool {args:?}: {said}");
-    said
-}
-
 #[test]
 fn the_alert_rules_pass_promtool_and_each_fires_on_its_test_series() {
-    let said = promtool_ok(&["check", "rules", "alerts.yaml"]);
+    let said = prom::run_ok(&monitoring(), &["check", "rules", "alerts.yaml"]);
     assert!(said.contains("SUCCESS: 2 rules found"), "{said}");
-    let said = promtool_ok(&["test", "rules", "alerts.test.yaml"]);
+    let said = prom::run_ok(&monitoring(), &["test", "rules", "alerts.test.yaml"]);
     assert!(said.contains("SUCCESS"), "{said}");
 
     // The README shows the rules as they are in the file.

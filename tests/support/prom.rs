@@ -40,6 +40,22 @@ pub fn run(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// `promtool ARGS` in `dir`, which must succeed: what it said (stdout and stderr).
+pub fn run_ok(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args, b"");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool {args:?} in {}: {said}",
+        dir.display()
+    );
+    said
+}
+
 /// `promtool check metrics` must pass on `text` (format, HELP/TYPE, Prometheus's naming lints);
 /// `what` names the endpoint in the failure.
 pub fn check_metrics(what: &str, text: &str) {

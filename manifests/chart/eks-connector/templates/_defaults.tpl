@@ -72,6 +72,9 @@ metrics:
     enabled: false
     interval: 30s
     labels: {}
+  prometheusRule:
+    enabled: false
+    labels: {}
 admissionPolicy:
   enabled: true
 {{- end -}}

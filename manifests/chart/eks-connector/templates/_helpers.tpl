@@ -146,6 +146,20 @@ that depends on them, so `helm template -s` of any one file checks too.
 {{- if and $metrics.scrapers (not (kindIs "slice" $metrics.scrapers)) -}}
 {{- fail "metrics.scrapers must be a list of NetworkPolicy peers, e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]" -}}
 {{- end -}}
+{{- range $name := list "podMonitor" "prometheusRule" -}}
+{{- $labels := (get $metrics $name | default dict).labels -}}
+{{- if $labels -}}
+{{- $bad := not (kindIs "map" $labels) -}}
+{{- if not $bad -}}
+{{- range $k, $v := $labels -}}
+{{- if not (kindIs "string" $v) -}}{{- $bad = true -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $bad -}}
+{{- fail (printf "metrics.%s.labels must map label names to strings, e.g. {release: kube-prometheus-stack} (--set-string for a number)" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- range $arn := $auth.allowedUserARNs -}}
 {{- if not (regexMatch "^arn:aws[a-z-]*:(iam|sts)::[0-9]{12}:(user|role|assumed-role)/[^[:space:]]+$" (toString $arn)) -}}
 {{- fail (printf "authentication.allowedUserARNs: %q is not an IAM user, role or assumed-role ARN (arn:aws:iam::ACCOUNT:role/NAME, arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION)" (toString $arn)) -}}
