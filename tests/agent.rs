@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{wait_for, TestNamespace};
+use common::{free_port, wait_for, TestNamespace};
 use eks_connector::state::{self, Registration};
 use serde_json::json;
 
@@ -107,14 +107,6 @@ impl Drop for Setup {
             let _ = std::fs::remove_dir_all(&self.work);
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Launcher {

@@ -1278,7 +1278,7 @@ impl Registry {
         let dir = temp_dir("registry");
         // The tests' private CA, whose server certificate names 127.0.0.1.
         let tls = pki();
-        let authority = format!("127.0.0.1:{}", pod::free_port());
+        let authority = format!("127.0.0.1:{}", common::free_port());
         let d = dir.display();
         std::fs::write(
             dir.join("config.yml"),

@@ -218,7 +218,7 @@ fn point_at(objects: &mut [Value], stub: &Stub) {
     for c in spec["containers"].as_array_mut().unwrap() {
         for a in c["args"].as_array_mut().into_iter().flatten() {
             if a.as_str().is_some_and(|a| a.starts_with("--health.addr=")) {
-                *a = json!(format!("--health.addr=127.0.0.1:{}", free_port()));
+                *a = json!(format!("--health.addr=127.0.0.1:{}", common::free_port()));
             }
         }
     }
@@ -291,14 +291,6 @@ fn apply_original_rbac(objects: &[Value], ns: &str) -> PathBuf {
     std::fs::copy(cluster.ca_path(), dir.join("ca.crt")).unwrap();
     std::fs::write(dir.join("namespace"), ns).unwrap();
     dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn secret(ns: &str, name: &str) -> Option<Secret> {
@@ -910,7 +902,7 @@ fn two_syncs_of_one_vault_take_turns() {
         argv.push(format!("--health.addr=127.0.0.1:{port}"));
         argv
     };
-    let (health1, health2) = (free_port(), free_port());
+    let (health1, health2) = (common::free_port(), common::free_port());
     let argv1 = with_health(health1);
     let argv1: Vec<&str> = argv1.iter().map(String::as_str).collect();
     let first = r

@@ -803,9 +803,7 @@ fn a_closed_connection_is_retried() {
 #[test]
 fn an_unreachable_proxy_is_named_with_the_endpoint() {
     let env = setup("proxy", true);
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy = format!("http://127.0.0.1:{}", dead.local_addr().unwrap().port());
-    drop(dead);
+    let proxy = format!("http://127.0.0.1:{}", common::free_port());
     let endpoint = format!("--agent.endpoint=https://{TEST_HOST}:1");
     let mut c = env.cmd_with(&[&endpoint, "--ssm.deadline=1s"]);
     c.env("HTTPS_PROXY", &proxy);
@@ -1020,9 +1018,7 @@ fn an_unreadable_ca_bundle_is_a_configuration_error() {
 #[test]
 fn an_unreachable_api_server_is_a_kubernetes_error() {
     let env = setup("nokube", true);
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = dead.local_addr().unwrap().port();
-    drop(dead);
+    let port = common::free_port();
     let mut c = env.cmd_with(&["--kube.deadline=1s"]);
     c.env("KUBERNETES_SERVICE_PORT", port.to_string());
     run(c).expect_error(22, &["cannot get Secret", &format!("127.0.0.1:{port}")]);

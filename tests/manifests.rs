@@ -1121,7 +1121,7 @@ fn runs_as_written(env: &'static Cluster, oldest: bool) {
     let spec = container(sts, "connector-proxy");
     let e = container_env(spec, secret, pod, &ns);
     let mut args = argv(spec, &e);
-    let health = image_env::free_port();
+    let health = common::free_port();
     replace_flag(&mut args, "--health.addr", &format!("127.0.0.1:{health}"));
     args.push(format!("--proxy.targetHost={api}"));
     let run = Run {

@@ -982,9 +982,7 @@ fn limits_and_failures_answer_with_the_right_status() {
     assert!(ok.is_some(), "slots were not freed");
 
     // An unreachable API server: the original's 502 body, byte for byte, and the cause logged.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = common::free_port();
     let dead = Proxy::start("dead", &format!("127.0.0.1:{port}"), &ns.sa_dir, &[]);
     let (code, body) = dead.curl(Some(&alice), &[], "/api");
     assert_eq!(code, 502);
@@ -1022,10 +1020,7 @@ fn limits_and_failures_answer_with_the_right_status() {
 fn readiness_follows_the_api_server() {
     let env = common::cluster();
     let ns = env.namespace("proxy-ready");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = common::free_port();
     let proxy = Proxy::for_ns("ready", &ns, &[&format!("--health.addr=127.0.0.1:{port}")]);
     let get = |path: &str| {
         let out = Command::new("curl")
@@ -1041,16 +1036,8 @@ fn readiness_follows_the_api_server() {
     assert!(ready.is_some(), "{}", proxy.log_text());
     assert_eq!(get("/healthz"), "200");
     // Not ready when the API server is unreachable.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let hport = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = common::free_port();
+    let hport = common::free_port();
     let _dead = Proxy::start(
         "ready-dead",
         &format!("127.0.0.1:{closed}"),
@@ -1416,11 +1403,7 @@ fn the_readiness_probe_never_reuses_a_connection_the_server_closes() {
                 echo(seen, s)
             },
         ));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let proxy = backend.proxy("probe-close", &[&format!("--health.addr=127.0.0.1:{port}")]);
         let mut h = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         h.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -555,7 +555,8 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
-/// A local TCP port free right now (for a child's `--health.addr`).
+/// A local TCP port free right now: for a child to listen on (`--health.addr`), or one where
+/// nothing answers (an unreachable server or proxy).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

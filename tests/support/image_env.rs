@@ -283,9 +283,6 @@ impl Drop for Running {
     }
 }
 
-#[allow(unused_imports)] // tests/image.rs has no use for it
-pub use crate::common::free_port;
-
 /// A fresh temporary directory.
 pub fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(

@@ -205,8 +205,6 @@ fn strings(v: &Value) -> Vec<String> {
         .collect()
 }
 
-pub use crate::common::free_port;
-
 /// The directory of our binaries (the image's `/usr/local/bin`): this build, or
 /// `$EKS_CONNECTOR_BIN_DIR` (the static build that ships, for benchmarks).
 fn our_bin_dir() -> PathBuf {
@@ -549,7 +547,10 @@ impl Pod {
         }));
         for a in argv.iter_mut() {
             if a.starts_with("--health.addr=") {
-                let port = *self.ports.entry(name.to_string()).or_insert_with(free_port);
+                let port = *self
+                    .ports
+                    .entry(name.to_string())
+                    .or_insert_with(common::free_port);
                 *a = format!("--health.addr=127.0.0.1:{port}");
             }
         }
