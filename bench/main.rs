@@ -127,6 +127,9 @@ struct UnderTest {
     /// `--health.addr` port (with `--scrape`).
     health: Option<u16>,
     rss_idle: u64,
+    /// Of `rss_idle`, the pages of the mapped binary (clean, shared with every process that
+    /// maps the same file: in the pod, the other containers running the multi-call binary).
+    rss_idle_file: u64,
     rss_peak: u64,
     opened: u64,
 }
@@ -300,6 +303,7 @@ fn start_under_test(b: &Bench, i: usize, label: &str, bin: &Path) -> Res<UnderTe
     one_request(&Target::Proxy(tcp_port), &b.cfg)?;
     std::thread::sleep(Duration::from_secs(1));
     let rss_idle = rss_kib(tcp.id());
+    let rss_idle_file = status_field(tcp.id(), "RssFile:");
     Ok(UnderTest {
         label: label.to_string(),
         bin: bin.to_path_buf(),
@@ -309,6 +313,7 @@ fn start_under_test(b: &Bench, i: usize, label: &str, bin: &Path) -> Res<UnderTe
         sock,
         health,
         rss_idle,
+        rss_idle_file,
         rss_peak: 0,
         opened: 0,
     })
@@ -679,10 +684,12 @@ fn footprint(b: &Bench, ut: &mut UnderTest) -> Res<String> {
     let mib = |k: u64| k as f64 / 1024.0;
     let size = std::fs::metadata(&ut.bin).map(|m| m.len()).unwrap_or(0);
     Ok(format!(
-        "| {} | {size} | {:.2} ({}) | {:.2} ({}) | {:.2} | {open_after} / {} | {:.2} ({}; {threads} threads, {upstream} upstream, {:.1} s to open) | {:.2} |\n",
+        "| {} | {size} | {:.2} ({}) | {:.2} / {:.2} | {:.2} ({}) | {:.2} | {open_after} / {} | {:.2} ({}; {threads} threads, {upstream} upstream, {:.1} s to open) | {:.2} |\n",
         ut.label,
         mib(ut.rss_idle),
         verdict(mib(ut.rss_idle), 2.0),
+        mib(ut.rss_idle_file),
+        mib(ut.rss_idle - ut.rss_idle_file.min(ut.rss_idle)),
         mib(ut.rss_peak),
         verdict(mib(ut.rss_peak), 8.0),
         mib(rss_after),
@@ -736,7 +743,7 @@ fn report(
         paired(&mut t, per_request, &uts[0].label);
     }
     t.push_str("\n### Footprint (MiB; budgets: idle ≤ 2, under load ≤ 8, 1,000 watches < 64)\n\n");
-    t.push_str("| proxy | binary bytes | RSS idle | RSS peak under load | RSS after load | upstream conns open after load / opened during it | RSS with 1,000 idle watches | RSS after they closed |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    t.push_str("| proxy | binary bytes | RSS idle | of which the mapped binary / the rest | RSS peak under load | RSS after load | upstream conns open after load / opened during it | RSS with 1,000 idle watches | RSS after they closed |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for f in footprints {
         t.push_str(f);
     }

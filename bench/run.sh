@@ -67,10 +67,17 @@ for ref in "${BEFORES[@]}"; do
     bins+=("$(built_rev "$rev")")
     described+=("$label = $ref ($rev)")
 done
-cargo build --release --target "$triple" --bin eks-connector-proxy
+cargo build --release --target "$triple" --bin eks-connector-proxy --bin eks-connector
 cp "$ROOT/target/$triple/release/eks-connector-proxy" "$TMP/proxy-after"
 labels+=(after) bins+=("$TMP/proxy-after")
 described+=("after = $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src bin || echo '+changes')")
+# What the image runs: the multi-call binary under the name eks-connector-proxy (a symlink, as
+# scripts/image.sh lays it out). Same code; its footprint maps the larger file.
+mkdir -p "$TMP/image"
+cp "$ROOT/target/$triple/release/eks-connector" "$TMP/image/eks-connector"
+ln -s eks-connector "$TMP/image/eks-connector-proxy"
+labels+=(image) bins+=("$TMP/image/eks-connector-proxy")
+described+=("image = after as the image runs it (multi-call binary)")
 proxies=()
 for i in "${!labels[@]}"; do proxies+=(--proxy "${labels[$i]}=${bins[$i]}"); done
 
