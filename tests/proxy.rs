@@ -1571,6 +1571,74 @@ fn over_tcp_a_closed_quiet_watch_ends_and_a_half_closed_one_still_gets_its_event
     });
 }
 
+#[test]
+fn a_quiet_watch_probes_the_api_server_so_a_vanished_one_ends_it() {
+    // A host that vanishes sends nothing, not even a reset: without keep-alive the proxy would
+    // wait for the watch's next event forever. Its probes are seen as the socket's timer.
+    let backend = Backend::start(std::sync::Arc::new(
+        |_: &Seen, s: &mut std::net::TcpStream| {
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nevent\n\r\n",
+            );
+            let mut buf = [0u8; 64];
+            while s.read(&mut buf).is_ok_and(|n| n > 0) {}
+            Then::Close
+        },
+    ));
+    let proxy = backend.proxy("upstream-keepalive", &[]);
+    let mut c = UnixStream::connect(&proxy.sock).unwrap();
+    c.write_all(get("/watch", "alice", "").as_bytes()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"event\n\r\n") {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "watch closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    std::thread::sleep(Duration::from_millis(500)); // everything sent is acknowledged
+    let timers = upstream_timers(proxy.pid(), backend.port);
+    // timer 2: keep-alive, due within the 30 s period (in 1/100 s); 0: no timer at all.
+    assert!(
+        !timers.is_empty() && timers.iter().all(|&(t, due)| t == 2 && due <= 3000),
+        "the proxy's connections to the API server have (timer kind, due in 1/100 s) {timers:?}; \
+         expected keep-alive (2) within 30 s"
+    );
+    drop(c);
+}
+
+/// (timer kind, due in 1/100 s) of each established connection `pid` has to `port`, from
+/// /proc/PID/net/tcp (tr and tm->when, see proc_net_tcp.rst).
+fn upstream_timers(pid: u32, port: u16) -> Vec<(u32, u64)> {
+    let own: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|t| {
+            let t = t.to_string_lossy().into_owned();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote_port = u16::from_str_radix(f[2].rsplit(':').next()?, 16).ok()?;
+            let established = f[3] == "01";
+            if remote_port != port || !established || !own.contains(f[9]) {
+                return None;
+            }
+            let (kind, due) = f[5].split_once(':')?;
+            Some((
+                u32::from_str_radix(kind, 16).ok()?,
+                u64::from_str_radix(due, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
 /// A raw request with a JSON body (or none), as one connection; the whole answer.
 fn raw_request(proxy: &Proxy, method: &str, path: &str, who: &str, body: &str) -> String {
     proxy.raw(

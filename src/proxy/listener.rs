@@ -106,7 +106,7 @@ impl Listener {
             Inner::Unix { listener, .. } => listener.accept().map(|(s, _)| Stream::Unix(s)),
             Inner::Tcp(l) => l.accept().map(|(s, _)| {
                 let _ = s.set_nodelay(true);
-                keep_alive(&s);
+                keep_alive(&s, CLIENT_KEEPALIVE);
                 Stream::Tcp(s)
             }),
         }
@@ -155,23 +155,27 @@ impl Drop for Listener {
     }
 }
 
-/// TCP keep-alive as the original's Go listener set it: first probe after 15 s of silence, then
-/// every 15 s, 9 unanswered mean gone. While a response waits for the API server (a quiet
-/// watch) only a hang-up or an error means the client is gone, since a half-closed client still
-/// gets its answer; over TCP a client's close() raises neither, so the probes are what ends the
-/// stream. A closed client's socket lingers orphaned in FIN_WAIT2 and answers them until
-/// `net.ipv4.tcp_fin_timeout` (60 s by default) has passed, then the next probe draws a reset:
-/// the stream ends within tcp_fin_timeout + 15 s. A client host that vanished (powered off,
-/// partitioned) answers nothing: within 15 + 9 × 15 = 150 s. A living client, half-closed or
-/// not, answers every probe (its kernel does) and keeps its stream.
-fn keep_alive(s: &TcpStream) {
-    const OPTIONS: [(libc::c_int, libc::c_int, libc::c_int); 4] = [
+/// Client connections: TCP keep-alive as the original's Go listener set it (`CLIENT_KEEPALIVE`).
+/// While a response waits for the API server (a quiet watch) only a hang-up or an error means
+/// the client is gone, since a half-closed client still gets its answer; over TCP a client's
+/// close() raises neither, so the probes are what ends the stream. A closed client's socket
+/// lingers orphaned in FIN_WAIT2 and answers them until `net.ipv4.tcp_fin_timeout` (60 s by
+/// default) has passed, then the next probe draws a reset: the stream ends within
+/// tcp_fin_timeout + 15 s. A client host that vanished (powered off, partitioned) answers
+/// nothing: within 15 + 9 × 15 = 150 s. A living client, half-closed or not, answers every probe
+/// (its kernel does) and keeps its stream.
+pub(super) const CLIENT_KEEPALIVE: libc::c_int = 15;
+
+/// Keep-alive on a TCP connection: the first probe after `period` seconds of silence, then one
+/// every `period`; 9 unanswered mean gone.
+pub(super) fn keep_alive(s: &TcpStream, period: libc::c_int) {
+    let options = [
         (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 15),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 15),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, period),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, period),
         (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 9),
     ];
-    for (level, name, value) in OPTIONS {
+    for (level, name, value) in options {
         // SAFETY: an int option on a socket we own, its size given.
         let rc = unsafe {
             libc::setsockopt(

@@ -311,6 +311,10 @@ impl Write for Io {
 /// while the stream is quiet: [`HeadReader::release_buffer`]).
 const READ_BUF: usize = 8 << 10;
 
+/// Seconds of silence before a keep-alive probe to the API server, and between probes: what
+/// client-go's dialer uses (the original's connections to the API server).
+const UPSTREAM_KEEPALIVE: libc::c_int = 30;
+
 /// A buffered reader over an upstream connection: the same reader as the client side's.
 pub type UpReader = HeadReader<Io>;
 
@@ -667,6 +671,9 @@ impl Upstream {
             )
         })?;
         let _ = tcp.set_nodelay(true);
+        // A quiet watch on an API server whose host vanished would otherwise wait for its next
+        // event forever: probes end it within 30 + 9 × 30 s, with client-go's dialer's period.
+        super::listener::keep_alive(&tcp, UPSTREAM_KEEPALIVE);
         tcp.set_write_timeout(Some(self.config.io_timeout))
             .map_err(UpstreamError::Io)?;
         let (io, ca_generation) = match tls {
