@@ -11,6 +11,10 @@ use eks_connector::{keysync, signals};
 
 const PROGRAM: &str = "eks-connector-proxy";
 
+/// musl's malloc takes one process-wide lock; connection threads keep a few blocks of their own.
+#[global_allocator]
+static ALLOCATOR: eks_connector::alloc::ThreadCache = eks_connector::alloc::ThreadCache;
+
 const TIMEOUT: Kind = Kind::Duration {
     min: Duration::from_millis(100),
     max: MAX_DURATION,

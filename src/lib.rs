@@ -9,14 +9,17 @@
 //!   [`launcher::pid1`] with [`signals`]) and [`keysync`] (Vault → [`state::StateStore`] →
 //!   [`kube`]), readiness on [`health`].
 //! - `eks-connector-proxy` (the original's `server`): [`cli`] → [`proxy`] (listener, [`http`]
-//!   framing, identity policy, upstream pool over [`tls`]), readiness on [`health`].
+//!   framing, identity policy, upstream pool over [`tls`]), readiness on [`health`]; its
+//!   allocator is [`alloc::ThreadCache`].
 //! - `eks-connector`: the image's multi-call entry; runs one of the three by name or first word.
 //!
 //! One module per domain: [`init`], [`launcher`], [`keysync`], [`proxy`], [`ssm`] (the one AWS
 //! call), [`state`] (Vault files and the state Secret, byte for byte, and their one store),
 //! [`kube`] (Kubernetes REST client); and the plumbing they share: [`tls`], [`cli`], [`backoff`],
-//! [`signals`], [`health`], [`metrics`], [`http`], [`watched_file`], [`random`], [`utc`].
+//! [`signals`], [`health`], [`metrics`], [`http`], [`watched_file`], [`random`], [`utc`],
+//! [`alloc`].
 
+pub mod alloc;
 pub mod backoff;
 pub mod cli;
 pub mod health;

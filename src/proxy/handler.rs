@@ -100,8 +100,8 @@ pub(super) fn serve(shared: &Shared, stream: Stream) {
     }
 }
 
-/// Waits up to `wait` for the next request head. The kept upstream connection (and the dead
-/// part of the stack) goes back if the client is quiet for longer than [`HOLD`].
+/// Waits up to `wait` for the next request head. The kept upstream connection (and the thread's
+/// spare memory) goes back if the client is quiet for longer than [`HOLD`].
 fn next_head(
     shared: &Shared,
     reader: &mut HeadReader<&Stream>,
@@ -116,7 +116,7 @@ fn next_head(
         match reader.read_request(head, &limits.head, w, limits.header_timeout) {
             Err(HeadError::Idle) if holding && w < wait => {
                 shared.upstream.release(&mut state.held);
-                super::stack::release_unused();
+                give_back_memory();
                 wait -= w;
             }
             other => return other,
@@ -708,8 +708,14 @@ fn relay_body(
     flush(stream, out).map_err(gone)
 }
 
+/// A quiet thread keeps neither dead stack pages nor cached heap blocks.
+fn give_back_memory() {
+    super::stack::release_unused();
+    crate::alloc::give_back();
+}
+
 /// Waits for more of the response; a stream quiet for a while (a watch between events) gives
-/// its buffers and its dead stack pages back meanwhile.
+/// its buffers and its thread's spare memory back meanwhile.
 fn await_upstream(
     stream: &Stream,
     reader: &mut HeadReader<&Stream>,
@@ -722,7 +728,7 @@ fn await_upstream(
         reader.release_buffer();
         conn.io.release_buffer();
         conn.io.get_mut().release();
-        super::stack::release_unused();
+        give_back_memory();
         waited = wait_for_upstream(conn, stream.raw_fd(), -1);
     }
     match waited {
