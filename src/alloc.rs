@@ -186,18 +186,14 @@ unsafe impl GlobalAlloc for ThreadCache {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        match class_of(layout) {
-            Some(class) => {
-                let p = if caching() { take(class) } else { null_mut() };
-                if p.is_null() {
-                    System.alloc_zeroed(class_layout(class))
-                } else {
-                    p.write_bytes(0, layout.size());
-                    p
-                }
-            }
-            None => System.alloc_zeroed(layout),
+        if class_of(layout).is_none() {
+            return System.alloc_zeroed(layout);
         }
+        let p = self.alloc(layout);
+        if !p.is_null() {
+            p.write_bytes(0, layout.size());
+        }
+        p
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

@@ -1291,17 +1291,7 @@ fn only_safe_methods_are_retried_after_a_kept_connection_fails() {
 
 #[test]
 fn quiet_watches_with_the_largest_heads_give_their_buffers_back() {
-    // Each watch sends its head and one event, then stays quiet.
-    let backend = Backend::start(std::sync::Arc::new(
-        |_: &Seen, s: &mut std::net::TcpStream| {
-            let _ = s.write_all(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nevent\n\r\n",
-            );
-            let mut buf = [0u8; 64];
-            let _ = s.read(&mut buf); // until the proxy closes
-            Then::Close
-        },
-    ));
+    let backend = Backend::start(one_event_then_quiet());
     let proxy = backend.proxy("bigheads", &["--proxy.maxConnections=1100"]);
     // Heads at the default limits: a 16 KiB request line and a 32 KiB header section.
     let target = format!(
@@ -1316,13 +1306,7 @@ fn quiet_watches_with_the_largest_heads_give_their_buffers_back() {
         );
         c.write_all(req.as_bytes()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !got.windows(6).any(|w| w == b"event\n") {
-            let n = c.read(&mut buf).unwrap();
-            assert!(n > 0, "watch closed: {}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&buf[..n]);
-        }
+        read_until(&mut c, b"event\n\r\n");
         c
     };
     // Warm up (thread stacks, allocator arenas), then measure what each further watch costs.
@@ -1523,13 +1507,7 @@ fn over_tcp_a_closed_quiet_watch_ends_and_a_half_closed_one_still_gets_its_event
             c.write_all(get(path, "alice", "").as_bytes()).unwrap();
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             // All of the first event, so that the close below sends a FIN, not a reset.
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !got.ends_with(b"event\n\r\n") {
-                let n = c.read(&mut buf).unwrap();
-                assert!(n > 0, "watch closed: {}", String::from_utf8_lossy(&got));
-                got.extend_from_slice(&buf[..n]);
-            }
+            read_until(&mut c, b"event\n\r\n");
             c
         };
         let mut half = watch("/watch/half");
@@ -1575,27 +1553,12 @@ fn over_tcp_a_closed_quiet_watch_ends_and_a_half_closed_one_still_gets_its_event
 fn a_quiet_watch_probes_the_api_server_so_a_vanished_one_ends_it() {
     // A host that vanishes sends nothing, not even a reset: without keep-alive the proxy would
     // wait for the watch's next event forever. Its probes are seen as the socket's timer.
-    let backend = Backend::start(std::sync::Arc::new(
-        |_: &Seen, s: &mut std::net::TcpStream| {
-            let _ = s.write_all(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nevent\n\r\n",
-            );
-            let mut buf = [0u8; 64];
-            while s.read(&mut buf).is_ok_and(|n| n > 0) {}
-            Then::Close
-        },
-    ));
+    let backend = Backend::start(one_event_then_quiet());
     let proxy = backend.proxy("upstream-keepalive", &[]);
     let mut c = UnixStream::connect(&proxy.sock).unwrap();
     c.write_all(get("/watch", "alice", "").as_bytes()).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.ends_with(b"event\n\r\n") {
-        let n = c.read(&mut buf).unwrap();
-        assert!(n > 0, "watch closed: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut c, b"event\n\r\n");
     std::thread::sleep(Duration::from_millis(500)); // everything sent is acknowledged
     let timers = upstream_timers(proxy.pid(), backend.port);
     // timer 2: keep-alive, due within the 30 s period (in 1/100 s); 0: no timer at all.
@@ -1605,6 +1568,30 @@ fn a_quiet_watch_probes_the_api_server_so_a_vanished_one_ends_it() {
          expected keep-alive (2) within 30 s"
     );
     drop(c);
+}
+
+/// A backend answering each request with a chunked stream of one event, then quiet until the
+/// proxy closes the connection (a watch between events).
+fn one_event_then_quiet() -> Script {
+    std::sync::Arc::new(|_: &Seen, s: &mut std::net::TcpStream| {
+        let _ =
+            s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nevent\n\r\n");
+        let mut buf = [0u8; 64];
+        while s.read(&mut buf).is_ok_and(|n| n > 0) {}
+        Then::Close
+    })
+}
+
+/// Reads until what arrived ends with `end`; the stream ending first fails the test.
+fn read_until(c: &mut impl Read, end: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(end) {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "stream closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
 }
 
 /// (timer kind, due in 1/100 s) of each established connection `pid` has to `port`, from
