@@ -3,7 +3,8 @@
 //! musl's malloc serialises every allocation and free on one process-wide lock. The proxy makes
 //! four allocations per request (rustls's record buffers: ~6 KiB, ~6 KiB, ~4 KiB, ~0.3 KiB),
 //! and with many connection threads the lock convoys: threads queue on it, sleep and are woken
-//! one by one, and throughput falls by a third at 16 connections (bench/RESULTS.md). Each
+//! one by one: at 16 connections the proxy served 1.8 times as many requests without it
+//! (bench/RESULTS.md, section 0). Each
 //! connection thread allocates and frees those buffers itself, so a handful of blocks kept per
 //! thread serves nearly all of them without the lock.
 //!
@@ -16,7 +17,7 @@ use std::cell::Cell;
 use std::ptr::null_mut;
 use std::sync::OnceLock;
 
-/// The global allocator of our binaries (declared in each main).
+/// The proxy's global allocator (declared in its main, so the multi-call binary has it too).
 pub struct ThreadCache;
 
 /// Size classes above 256 B: four steps per doubling up to 8 KiB (320, 384, 448, 512, 640, …,
