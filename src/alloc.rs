@@ -4,9 +4,8 @@
 //! four allocations per request (rustls's record buffers: ~6 KiB, ~6 KiB, ~4 KiB, ~0.3 KiB),
 //! and with many connection threads the lock convoys: threads queue on it, sleep and are woken
 //! one by one: at 16 connections the proxy served 1.8 times as many requests without it
-//! (bench/RESULTS.md, section 0). Each
-//! connection thread allocates and frees those buffers itself, so a handful of blocks kept per
-//! thread serves nearly all of them without the lock.
+//! (bench/RESULTS.md, section 0). Each connection thread allocates and frees those buffers
+//! itself, so a handful of blocks kept per thread serves nearly all of them without the lock.
 //!
 //! Bounded: only blocks of 257 B to 8 KiB (rounded up to one of 20 sizes) are kept, at most
 //! [`PER_CLASS`] of a size and [`MAX_CACHED`] bytes per thread; a thread gives its blocks back
