@@ -86,6 +86,8 @@ fn exit_key() -> Option<libc::pthread_key_t> {
 
 extern "C" fn at_thread_exit(_: *mut libc::c_void) {
     let _ = STATE.try_with(|s| s.set(OFF));
+    #[cfg(test)]
+    tests::GIVEN_BACK_AT_EXIT.fetch_add(cached_bytes(), std::sync::atomic::Ordering::SeqCst);
     give_back();
 }
 
@@ -227,6 +229,34 @@ unsafe impl GlobalAlloc for ThreadCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    pub(super) static GIVEN_BACK_AT_EXIT: AtomicUsize = AtomicUsize::new(0);
+
+    #[test]
+    fn a_thread_gives_its_blocks_back_as_it_exits_and_caches_nothing_after() {
+        let before = GIVEN_BACK_AT_EXIT.load(Ordering::SeqCst);
+        std::thread::spawn(|| unsafe {
+            let a = ThreadCache;
+            let l = layout(1000, 8);
+            let p = a.alloc(l);
+            a.dealloc(p, l);
+            assert_eq!(cached_bytes(), 1024);
+        })
+        .join()
+        .unwrap();
+        // Other tests' threads may exit meanwhile: at least this one's 1,024 bytes came back.
+        let given = GIVEN_BACK_AT_EXIT.load(Ordering::SeqCst) - before;
+        assert!(given >= 1024, "{given} bytes given back at thread exit");
+        // After the hook, a thread no longer caches: what it frees goes straight back.
+        at_thread_exit(null_mut());
+        unsafe {
+            let a = ThreadCache;
+            let l = layout(1000, 8);
+            a.dealloc(a.alloc(l), l);
+        }
+        assert_eq!(cached_bytes(), 0);
+    }
 
     fn layout(size: usize, align: usize) -> Layout {
         Layout::from_size_align(size, align).unwrap()
