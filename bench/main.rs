@@ -355,11 +355,16 @@ fn profile(b: &Bench, mut ut: UnderTest, what: &str, conns: usize) -> Res<()> {
         let _ = ut.unix.wait();
         stop_gracefully(ut.tcp);
         return Ok(());
-    } else if let Some(n) = what.strip_prefix("requests:") {
+    } else if let Some((n, reconnect)) = what
+        .strip_prefix("requests:")
+        .map(|n| (n, false))
+        .or_else(|| what.strip_prefix("reconnects:").map(|n| (n, true)))
+    {
         // BENCH_TARGET=nginxW: nginx with W workers (under BENCH_WRAP) instead of the proxy.
+        // reconnects:N: each request over a new connection, closed after the answer.
         let n: usize = n
             .parse()
-            .map_err(|_| "BENCH_PROFILE=requests:N needs a number")?;
+            .map_err(|_| "BENCH_PROFILE=requests:N or reconnects:N needs a number")?;
         let per = n.div_ceil(conns);
         let _ = ut.unix.kill();
         let _ = ut.unix.wait();
@@ -383,7 +388,7 @@ fn profile(b: &Bench, mut ut: UnderTest, what: &str, conns: usize) -> Res<()> {
             &b.cfg,
             conns,
             b.dur,
-            false,
+            reconnect,
             per,
             &mut || {},
         )?;

@@ -83,6 +83,9 @@ impl Listener {
                     addr: a.clone(),
                     source,
                 })?;
+                // Linux copies these options to every connection accept() returns: set once
+                // here, not four system calls per client.
+                keep_alive(&l, CLIENT_KEEPALIVE);
                 Ok(Listener {
                     inner: Inner::Tcp(l),
                 })
@@ -106,7 +109,6 @@ impl Listener {
             Inner::Unix { listener, .. } => listener.accept().map(|(s, _)| Stream::Unix(s)),
             Inner::Tcp(l) => l.accept().map(|(s, _)| {
                 let _ = s.set_nodelay(true);
-                keep_alive(&s, CLIENT_KEEPALIVE);
                 Stream::Tcp(s)
             }),
         }
@@ -166,9 +168,9 @@ impl Drop for Listener {
 /// (its kernel does) and keeps its stream.
 pub(super) const CLIENT_KEEPALIVE: libc::c_int = 15;
 
-/// Keep-alive on a TCP connection: the first probe after `period` seconds of silence, then one
-/// every `period`; 9 unanswered mean gone.
-pub(super) fn keep_alive(s: &TcpStream, period: libc::c_int) {
+/// Keep-alive on a TCP connection (or on a listener, for the connections it accepts): the first
+/// probe after `period` seconds of silence, then one every `period`; 9 unanswered mean gone.
+pub(super) fn keep_alive(s: &impl AsRawFd, period: libc::c_int) {
     let options = [
         (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
         (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, period),
