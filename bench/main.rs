@@ -29,6 +29,7 @@
 //! `BENCH_PROFILE=requests:N` (exactly N requests at `--conns` connections, then SIGTERM and
 //! wait: with `BENCH_WRAP="valgrind --tool=callgrind ..."` the proxy runs under that command and
 //! its instruction count is written when it exits; `BENCH_TARGET=nginx1` profiles nginx with 1 worker instead),
+//! `BENCH_PROFILE=reconnects:N` (the same, each request over a new TCP connection),
 //! `BENCH_PROFILE=scrapes:N` (with `--scrape`: exactly N scrapes of `/metrics`, no requests).
 //! `BENCH_PROXY_LOG=warn` turns audit lines off.
 
@@ -396,9 +397,9 @@ fn profile(b: &Bench, mut ut: UnderTest, what: &str, conns: usize) -> Res<()> {
         stop_gracefully(child);
         return Ok(());
     } else {
-        let n: usize = what
-            .parse()
-            .map_err(|_| "BENCH_PROFILE must be a number, idle, watches or requests:N")?;
+        let n: usize = what.parse().map_err(|_| {
+            "BENCH_PROFILE must be a number, idle, watches, requests:N or reconnects:N"
+        })?;
         eprintln!("profiling: proxy pid {pid}, {n} connections");
         let r = load(&Target::Proxy(ut.tcp_port), &b.cfg, n, b.dur, false)?;
         println!(

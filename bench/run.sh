@@ -9,7 +9,8 @@
 #   bench/run.sh [--before REF]... [--out FILE] --profile [REQUESTS]
 # With one --before its proxy is labelled "before"; with several, each by its revision.
 # OUT defaults to target/bench/proxy.md; bench/RESULTS.md keeps the runs quoted in the notes.
-# --profile: per request at 16 connections, for each proxy and nginx (1 worker): system calls
+# --profile: per request at 16 connections, kept alive and (a second table) a new TCP connection
+# per request, for each proxy and nginx (1 worker): system calls
 # (strace -c -f over 3*REQUESTS requests, default 2000) and instructions (valgrind's callgrind,
 # which counts them exactly and repeatably on a noisy machine: the difference between a run of
 # 3*REQUESTS and one of REQUESTS requests, divided by 2*REQUESTS, so start-up cancels out); and
@@ -87,14 +88,15 @@ header() {
     echo
 }
 
-# profile_one WHO BIN N TOOL...: the proxy-bench profile mode (exactly N requests at 16
-# connections, then SIGTERM) with the server (WHO: a proxy's label, or nginx1) under TOOL.
+# profile_one MODE WHO BIN N TOOL...: the proxy-bench profile mode MODE (requests: exactly N
+# requests at 16 keep-alive connections; reconnects: the same, each over a new connection), then
+# SIGTERM, with the server (WHO: a proxy's label, or nginx1) under TOOL.
 profile_one() {
-    local who="$1" bin="$2" n="$3"
-    shift 3
-    BENCH_WRAP="$*" BENCH_PROFILE="requests:$n" BENCH_TARGET="$who" \
+    local mode="$1" who="$2" bin="$3" n="$4"
+    shift 4
+    BENCH_WRAP="$*" BENCH_PROFILE="$mode:$n" BENCH_TARGET="$who" \
         "$BENCH" --proxy "$who=$bin" --conns 16 --seconds 600 >>"$TMP/profile.log" 2>&1 ||
-        { tail -n 20 "$TMP/profile.log" >&2; die "profiling $who failed (log above)"; }
+        { tail -n 20 "$TMP/profile.log" >&2; die "profiling $who ($mode) failed (log above)"; }
 }
 
 # Instructions of one callgrind run: the sum over its processes (nginx's master and worker).
@@ -102,31 +104,38 @@ callgrind_ir() { cat "$@" | awk '/^summary:/ { s += $2 } END { print s + 0 }'; }
 
 if [[ -n "$PROFILE" ]]; then
     n1="$PROFILE" n3=$((3 * PROFILE))
-    {
-        header
-        echo "Per request at 16 keep-alive connections; system calls: \`strace -c -f\` over $n3 requests (start-up included, < 1 %); instructions: callgrind, (Ir of $n3 requests − Ir of $n1) / $((n3 - n1)), user space only."
-        echo
-        echo "| server | system calls / request | of which (per request) | instructions / request (callgrind) |"
-        echo "|---|---:|---|---:|"
-    } >"$TMP/profile.md"
-    for i in "${!labels[@]}" nginx; do
-        who=nginx1 bin="$TMP/proxy-after"
-        [[ "$i" == nginx ]] || who="${labels[$i]}" bin="${bins[$i]}"
-        say "profiling $who: strace"
-        profile_one "$who" "$bin" "$n3" strace -f -c -o "$TMP/strace-$who"
-        calls="$(awk -v n="$n3" '$NF == "total" { printf "%.2f", $4 / n }' "$TMP/strace-$who")"
-        top="$(awk -v n="$n3" '$1 ~ /^[0-9.]+$/ && $NF != "total" && $4 / n >= 0.05 {
-                printf "%s%s %.2f", sep, $NF, $4 / n; sep = ", " }' "$TMP/strace-$who")"
-        say "profiling $who: callgrind, $n1 and $n3 requests"
-        for n in "$n1" "$n3"; do
-            mkdir -p "$TMP/cg-$who-$n"
-            profile_one "$who" "$bin" "$n" valgrind --tool=callgrind --trace-children=yes \
-                "--callgrind-out-file=$TMP/cg-$who-$n/out.%p"
+    header >"$TMP/profile.md"
+    for mode in requests reconnects; do
+        case "$mode" in
+            requests) what="Per request at 16 keep-alive connections" ;;
+            reconnects) what="Per request over a new TCP connection each (16 clients at a time; the console's pattern, over TCP so that nginx is measured alike)" ;;
+        esac
+        {
+            echo "$what; system calls: \`strace -c -f\` over $n3 requests (start-up included, < 1 %); instructions: callgrind, (Ir of $n3 requests − Ir of $n1) / $((n3 - n1)), user space only."
+            echo
+            echo "| server | system calls / request | of which (per request) | instructions / request (callgrind) |"
+            echo "|---|---:|---|---:|"
+        } >>"$TMP/profile.md"
+        for i in "${!labels[@]}" nginx; do
+            who=nginx1 bin="$TMP/proxy-after"
+            [[ "$i" == nginx ]] || who="${labels[$i]}" bin="${bins[$i]}"
+            say "profiling $who, $mode: strace"
+            profile_one "$mode" "$who" "$bin" "$n3" strace -f -c -o "$TMP/strace-$mode-$who"
+            calls="$(awk -v n="$n3" '$NF == "total" { printf "%.2f", $4 / n }' "$TMP/strace-$mode-$who")"
+            top="$(awk -v n="$n3" '$1 ~ /^[0-9.]+$/ && $NF != "total" && $4 / n >= 0.05 {
+                    printf "%s%s %.2f", sep, $NF, $4 / n; sep = ", " }' "$TMP/strace-$mode-$who")"
+            say "profiling $who, $mode: callgrind, $n1 and $n3 requests"
+            for n in "$n1" "$n3"; do
+                mkdir -p "$TMP/cg-$mode-$who-$n"
+                profile_one "$mode" "$who" "$bin" "$n" valgrind --tool=callgrind --trace-children=yes \
+                    "--callgrind-out-file=$TMP/cg-$mode-$who-$n/out.%p"
+            done
+            ir1="$(callgrind_ir "$TMP/cg-$mode-$who-$n1"/out.*)" ir3="$(callgrind_ir "$TMP/cg-$mode-$who-$n3"/out.*)"
+            per=$(((ir3 - ir1) / (n3 - n1)))
+            echo "| $who | $calls | $top | $per |" >>"$TMP/profile.md"
+            say "$who, $mode: $calls system calls, $per instructions per request"
         done
-        ir1="$(callgrind_ir "$TMP/cg-$who-$n1"/out.*)" ir3="$(callgrind_ir "$TMP/cg-$who-$n3"/out.*)"
-        per=$(((ir3 - ir1) / (n3 - n1)))
-        echo "| $who | $calls | $top | $per |" >>"$TMP/profile.md"
-        say "$who: $calls system calls, $per instructions per request"
+        echo >>"$TMP/profile.md"
     done
     # What one GET /metrics costs each proxy: 110 scrapes vs 10, no requests.
     {
