@@ -96,13 +96,17 @@ fn exit_key() -> Option<libc::pthread_key_t> {
 }
 
 extern "C" fn at_thread_exit(_: *mut libc::c_void) {
-    let held = STATE.try_with(|s| s.replace(OFF)) == Ok(CACHING);
     #[cfg(test)]
     tests::GIVEN_BACK_AT_EXIT.fetch_add(cached_bytes(), Ordering::SeqCst);
-    free_cached();
-    if held {
-        RESERVED.fetch_sub(MAX_CACHED, Ordering::Relaxed);
-    }
+    drop_cache(OFF);
+}
+
+/// Arms this thread's exit hook; false if it cannot be (the thread must not cache then).
+fn arm_exit_hook() -> bool {
+    exit_key().is_some_and(|k| {
+        // SAFETY: a key from pthread_key_create; any non-null value arms it.
+        unsafe { libc::pthread_setspecific(k, std::ptr::dangling::<libc::c_void>()) == 0 }
+    })
 }
 
 /// Whether this thread caches: the first time, arms its exit hook; then takes room in RESERVED
@@ -112,23 +116,13 @@ fn caching() -> bool {
         .try_with(|s| match s.get() {
             CACHING => true,
             OFF => false,
-            state => {
-                if state == UNSET {
-                    let armed = exit_key().is_some_and(|k| {
-                        // SAFETY: a key from pthread_key_create; any non-null value arms it.
-                        unsafe {
-                            libc::pthread_setspecific(k, std::ptr::dangling::<libc::c_void>()) == 0
-                        }
-                    });
-                    s.set(if armed { WAITING } else { OFF });
-                    if !armed {
-                        return false;
-                    }
-                }
+            UNSET if !arm_exit_hook() => {
+                s.set(OFF);
+                false
+            }
+            _ => {
                 let room = take_room();
-                if room {
-                    s.set(CACHING);
-                }
+                s.set(if room { CACHING } else { WAITING });
                 room
             }
         })
@@ -158,14 +152,20 @@ fn take_room() -> bool {
 /// Gives this thread's cached blocks back to the C library, and its room to other threads: a
 /// thread that goes quiet (a watch between events) keeps nothing it is not using.
 pub fn give_back() {
-    free_cached();
+    drop_cache(WAITING);
+}
+
+/// Frees the cached blocks and gives back the thread's room, if it held any; a caching thread
+/// becomes `then` (WAITING: it may cache again; OFF: it is exiting and never will).
+fn drop_cache(then: u8) {
     let held = STATE.try_with(|s| {
         let held = s.get() == CACHING;
-        if held {
-            s.set(WAITING);
+        if held || then == OFF {
+            s.set(then);
         }
         held
     });
+    free_cached();
     if held == Ok(true) {
         RESERVED.fetch_sub(MAX_CACHED, Ordering::Relaxed);
     }
@@ -323,12 +323,10 @@ mod tests {
         let room = MAX_CACHED_ALL / MAX_CACHED;
         let threads = 2 * room;
         let all_freed = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
-        let counted = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
         let caching = std::sync::Arc::new(AtomicUsize::new(0));
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let (all_freed, counted) = (all_freed.clone(), counted.clone());
-                let caching = caching.clone();
+                let (all_freed, caching) = (all_freed.clone(), caching.clone());
                 std::thread::spawn(move || unsafe {
                     let a = ThreadCache;
                     let l = layout(6144, 8);
@@ -336,14 +334,13 @@ mod tests {
                     if cached_bytes() > 0 {
                         caching.fetch_add(1, Ordering::SeqCst);
                     }
+                    // Holding its room until every thread has asked for one.
                     all_freed.wait();
-                    counted.wait();
                 })
             })
             .collect();
         all_freed.wait();
         let caching = caching.load(Ordering::SeqCst);
-        counted.wait();
         handles.into_iter().for_each(|h| h.join().unwrap());
         assert!(
             caching <= room,
